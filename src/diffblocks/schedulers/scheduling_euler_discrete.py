@@ -1,0 +1,232 @@
+"""Euler sampler (Karras et al. 2022, algorithm 2) over a discrete-time noise schedule, with optional churn."""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+
+from ..configuration import ConfigMixin, register_to_config
+from .scheduling_utils import (
+    KARRAS_COMPATIBLES,
+    SchedulerMixin,
+    SchedulerOutputWithX0,
+    SigmaIndexMixin,
+    apply_sigma_ramp,
+    check_choice,
+    check_num_inference_steps,
+    check_one_sigma_ramp,
+    check_prediction_type,
+    check_spacing,
+    draw_noise,
+    make_alphas_cumprod,
+    not_ready_error,
+    sigma_to_t,
+    spaced_timesteps,
+    train_sigmas,
+)
+
+logger = logging.getLogger(__name__)
+
+EulerDiscreteSchedulerOutput = SchedulerOutputWithX0
+
+_SCALE_WARNING = (
+    "The `scale_model_input` function should be called before `step` to ensure correct denoising. "
+    "See `StableDiffusionPipeline` for a usage example."
+)
+
+
+def reject_integer_timestep(timestep, owner: str) -> None:
+    """Sigma samplers are indexed by the values of ``timesteps``; a loop counter passed by mistake is refused."""
+    if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+        raise ValueError(
+            f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to `{owner}.step()` is not "
+            "supported. Make sure to pass one of the `scheduler.timesteps` as a timestep."
+        )
+
+
+def x0_from_output(kind: str, model_output: torch.Tensor, sample: torch.Tensor, sigma: float, owner: str,
+                   allow_sample: bool = True) -> torch.Tensor:
+    """Denoised estimate for a sigma-parameterised sample (``sample`` is x0 + sigma * noise)."""
+    if kind == "epsilon":
+        return sample - sigma * model_output
+    if kind == "v_prediction":
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+    if kind in ("sample", "original_sample") and allow_sample:
+        return model_output
+    if kind == "sample":
+        raise NotImplementedError(f"prediction_type not implemented yet: sample (for {owner})")
+    raise ValueError(f"prediction_type given as {kind} must be one of `epsilon`, or `v_prediction`")
+
+
+class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
+    """First-order Euler steps between noise levels; ``s_churn`` adds fresh noise before a step (Karras' SDE
+    variant)."""
+
+    _compatibles = list(KARRAS_COMPATIBLES)
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        prediction_type: str = "epsilon",
+        interpolation_type: str = "linear",
+        use_karras_sigmas: Optional[bool] = False,
+        use_exponential_sigmas: Optional[bool] = False,
+        use_beta_sigmas: Optional[bool] = False,
+        sigma_min: Optional[float] = None,
+        sigma_max: Optional[float] = None,
+        timestep_spacing: str = "linspace",
+        timestep_type: str = "discrete",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        final_sigmas_type: str = "zero",
+    ):
+        check_one_sigma_ramp(self.config)
+        check_spacing(timestep_spacing)
+        check_prediction_type(prediction_type, ("epsilon", "v_prediction", "sample", "original_sample"), type(self).__name__)
+        check_choice("interpolation_type", interpolation_type, ("linear", "log_linear"), type(self).__name__)
+        check_choice("timestep_type", timestep_type, ("discrete", "continuous"), type(self).__name__)
+        check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"), type(self).__name__)
+        self.betas, self.alphas_cumprod = make_alphas_cumprod(self.config, type(self).__name__, terminal_floor=True)
+        self.alphas = 1.0 - self.betas
+        sig = torch.from_numpy(train_sigmas(self.alphas_cumprod)).flip(0)
+        self.num_inference_steps = None
+        if self._continuous_v():
+            self.timesteps = 0.25 * sig.log()
+        else:
+            self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].copy()).float()
+        self._set_sigmas(torch.cat([sig, torch.zeros(1)]))
+        self.is_scale_input_called = False
+        self.use_karras_sigmas = use_karras_sigmas
+        self.use_exponential_sigmas = use_exponential_sigmas
+        self.use_beta_sigmas = use_beta_sigmas
+        self._step_index = None
+        self._begin_index = None
+
+    def _continuous_v(self) -> bool:
+        return self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction"
+
+    def _set_sigmas(self, sigmas: torch.Tensor) -> None:
+        self.sigmas = sigmas.to("cpu")
+        self._sigma_values = self.sigmas.tolist()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device: Union[str, torch.device, None] = None,
+        timesteps: Optional[List[float]] = None,
+        sigmas: Optional[List[float]] = None,
+    ) -> None:
+        """Choose the inference schedule: ``num_inference_steps`` spaced per the config, or custom ``timesteps``
+        or ``sigmas`` (one more than the number of steps, ending with the final sigma)."""
+        cfg = self.config
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Only one of `timesteps` or `sigmas` should be set.")
+        if num_inference_steps is None and timesteps is None and sigmas is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps` or `sigmas`.")
+        if num_inference_steps is not None and (timesteps is not None or sigmas is not None):
+            raise ValueError("Can only pass one of `num_inference_steps` or `timesteps` or `sigmas`.")
+        if timesteps is not None:
+            for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+                if getattr(cfg, flag):
+                    raise ValueError(f"Cannot set `timesteps` with `config.{flag} = True`.")
+            if self._continuous_v():
+                raise ValueError(
+                    "Cannot set `timesteps` with `config.timestep_type = 'continuous'` and "
+                    "`config.prediction_type = 'v_prediction'`."
+                )
+        if num_inference_steps is None:
+            num_inference_steps = len(timesteps) if timesteps is not None else len(sigmas) - 1
+            if num_inference_steps < 1:
+                raise ValueError("`timesteps`/`sigmas` must describe at least one step.")
+        else:
+            num_inference_steps = check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
+        self.num_inference_steps = num_inference_steps
+
+        base = train_sigmas(self.alphas_cumprod)
+        log_base = np.log(base)
+        if sigmas is not None:
+            sig = np.array(sigmas).astype(np.float32)
+            ts = sigma_to_t(sig[:-1], log_base)
+        else:
+            if timesteps is not None:
+                ts = np.array(timesteps).astype(np.float32)
+            else:
+                ts = spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, num_inference_steps,
+                                      cfg.steps_offset, round_linspace=False).astype(np.float32)
+            if cfg.interpolation_type == "linear":
+                sig = np.interp(ts, np.arange(0, len(base)), base)
+            else:
+                sig = torch.linspace(float(np.log(base[-1])), float(np.log(base[0])), num_inference_steps + 1).exp().numpy()
+            ramp = apply_sigma_ramp(cfg, sig, num_inference_steps)
+            if ramp is not None:
+                sig = ramp
+                ts = sigma_to_t(sig, log_base)
+            last = float(base[0]) if cfg.final_sigmas_type == "sigma_min" else 0.0
+            sig = np.concatenate([sig, [last]]).astype(np.float32)
+        sig_t = torch.from_numpy(sig).to(dtype=torch.float32)
+        if self._continuous_v():
+            self.timesteps = (0.25 * sig_t[:-1].log()).to(device=device)
+        else:
+            self.timesteps = torch.from_numpy(np.asarray(ts).astype(np.float32)).to(device=device)
+        self._set_sigmas(sig_t)
+        self._step_index = None
+        self._begin_index = None
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Union[float, torch.Tensor],
+        sample: torch.Tensor,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+        return_dict: bool = True,
+    ):
+        """Move ``sample`` from this step's sigma to the next one with one Euler step."""
+        reject_integer_timestep(timestep, type(self).__name__)
+        if self.num_inference_steps is None:
+            raise not_ready_error()
+        if not self.is_scale_input_called:
+            logger.warning(_SCALE_WARNING)
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        i = self._step_index
+        sigma = self._sigma_values[i]
+        gamma = min(s_churn / (len(self._sigma_values) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (gamma + 1)
+        sample = sample.to(torch.float32)
+        if gamma > 0:
+            noise = draw_noise(model_output, generator)
+            sample = sample + noise * (s_noise * (sigma_hat**2 - sigma**2) ** 0.5)
+        dt = self._sigma_values[i + 1] - sigma_hat
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            x0 = torch.add(sample, model_output, alpha=-sigma_hat)
+            prev = torch.add(sample, model_output, alpha=dt)
+        else:
+            x0 = x0_from_output(kind, model_output, sample, sigma, type(self).__name__)
+            prev = sample + (sample - x0) * (dt / sigma_hat)
+        prev = prev.to(model_output.dtype)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev, x0)
+        return SchedulerOutputWithX0(prev_sample=prev, pred_original_sample=x0)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target at ``timesteps`` (values of ``self.timesteps``)."""
+        reject_integer_timestep(timesteps, type(self).__name__)
+        idx = self._noise_indices(timesteps, sample.device) if self._begin_index is None else [
+            self.index_for_timestep(t, self.timesteps.to(sample.device)) for t in timesteps.to(sample.device)]
+        a = self.alphas_cumprod.to(sample)[idx]
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        return a.sqrt().reshape(shape) * noise - (1 - a).sqrt().reshape(shape) * sample

@@ -331,6 +331,10 @@ class VaeImageProcessor(ConfigMixin):
         if len(kinds) > 1:
             raise ValueError(f"`image` list mixes kinds of images: {sorted(kinds)}; pass one kind")
 
+        if resize_mode != "default" and not isinstance(first, PIL.Image.Image):
+            raise ValueError(
+                f"`resize_mode={resize_mode!r}` needs PIL images, got {_kind(first)}; use 'default' instead"
+            )
         if isinstance(first, PIL.Image.Image):
             if crops_coords is not None:
                 images = [i.crop(crops_coords) for i in images]

@@ -1,0 +1,249 @@
+"""Guidance strategies used by the modular denoise loops.
+
+``ClassifierFreeGuidance`` follows the guider contract of Modular Diffusers (``set_state``, ``prepare_inputs``,
+``prepare_models``/``cleanup_models``, ``__call__(batches)``, ``num_conditions``, ``is_conditional``,
+``enable``/``disable``) with one difference that matters for speed: by default (``batch_conditions=True``) the
+conditional and unconditional inputs are concatenated into ONE batch, so the denoiser runs once per step at batch
+``2 * B`` (the way the classic Stable Diffusion pipelines do it) instead of twice at batch ``B``.
+
+Denoisers pass every per-branch tensor through the guider as a ``(cond, uncond)`` pair, the latents included::
+
+    batches = guider.prepare_inputs({"sample": (x, x), "encoder_hidden_states": (cond, uncond)})
+    for batch in batches:
+        batch.noise_pred = unet(batch.sample, t, encoder_hidden_states=batch.encoder_hidden_states)[0]
+    noise_pred = guider(batches)[0]
+
+A merged batch holds ``cat([uncond, cond])`` for each field (unconditional rows first, as the classic pipelines
+order them). With ``batch_conditions=False`` the guider yields separate conditional then unconditional batches.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+
+from .configuration import ConfigMixin, register_to_config
+
+__all__ = ["ClassifierFreeGuidance", "GuiderBatch", "GuiderOutput", "rescale_noise_cfg"]
+
+
+class GuiderOutput(NamedTuple):
+    """Result of a guider call: the guided prediction (index 0) and the two branch predictions."""
+
+    pred: torch.Tensor
+    pred_cond: Optional[torch.Tensor] = None
+    pred_uncond: Optional[torch.Tensor] = None
+
+
+class GuiderBatch:
+    """One model call's worth of inputs: fields are attributes; the denoiser stores ``noise_pred`` on it.
+
+    ``identifier`` is ``"pred_cond"``, ``"pred_uncond"`` or ``"pred_merged"`` (unconditional rows first, then
+    conditional rows).
+    """
+
+    def __init__(self, identifier: str, fields: Dict[str, Any]) -> None:
+        self.__dict__.update(fields)
+        self.__dict__["identifier"] = identifier
+        self.__dict__["noise_pred"] = None
+
+    def __repr__(self) -> str:
+        keys = ", ".join(k for k in self.__dict__ if k not in ("identifier", "noise_pred"))
+        return f"GuiderBatch({self.identifier}: {keys})"
+
+
+def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0):
+    """Pull the guided prediction's per-sample std back towards the conditional one (arXiv 2305.08891, eq. 15-16).
+
+    Returns ``r * cfg * std(text) / std(cfg) + (1 - r) * cfg`` with stds over all non-batch dimensions.
+    """
+    dims = list(range(1, noise_pred_text.ndim))
+    std_text = noise_pred_text.std(dim=dims, keepdim=True)
+    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * rescaled + (1.0 - guidance_rescale) * noise_cfg
+
+
+def _cat_pair(name: str, cond: Any, uncond: Any) -> Any:
+    if cond is None and uncond is None:
+        return None
+    if cond is None or uncond is None:
+        missing = "conditional" if cond is None else "unconditional"
+        raise ValueError(f"Guider input {name!r}: the {missing} value is None while the other branch has a value.")
+    if cond is uncond and isinstance(cond, torch.Tensor):
+        return torch.cat([cond, cond])
+    if isinstance(cond, (list, tuple)):
+        if len(cond) != len(uncond):
+            raise ValueError(
+                f"Guider input {name!r}: conditional and unconditional lists differ in length "
+                f"({len(cond)} vs {len(uncond)})."
+            )
+        return [_cat_pair(f"{name}[{k}]", c, u) for k, (c, u) in enumerate(zip(cond, uncond))]
+    return torch.cat([uncond, cond])
+
+
+class ClassifierFreeGuidance(ConfigMixin):
+    """Classifier-free guidance: ``uncond + guidance_scale * (cond - uncond)``.
+
+    Args:
+        guidance_scale: strength of the guidance; values close to 1.0 (0.0 with the original formulation) turn
+            guidance off and only the conditional branch runs.
+        guidance_rescale: rescale factor of arXiv 2305.08891 (0 disables it).
+        use_original_formulation: use ``cond + guidance_scale * (cond - uncond)``.
+        start, stop: fractions of the denoising steps between which guidance is applied.
+        enabled: master switch (``enable()`` / ``disable()``).
+        batch_conditions: run both branches in one batch (default) or as two batches.
+    """
+
+    config_name = "guider_config.json"
+    _input_predictions = ("pred_cond", "pred_uncond")
+
+    @register_to_config
+    def __init__(
+        self,
+        guidance_scale: float = 7.5,
+        guidance_rescale: float = 0.0,
+        use_original_formulation: bool = False,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+        batch_conditions: bool = True,
+    ) -> None:
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
+            raise TypeError(f"`guidance_scale` must be a number, got {guidance_scale!r}.")
+        if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"`guidance_rescale` must be a number in [0.0, 1.0], got {guidance_rescale!r}.")
+        if not 0.0 <= start < 1.0:
+            raise ValueError(f"`start` must be in [0.0, 1.0), got {start!r}.")
+        if not start <= stop <= 1.0:
+            raise ValueError(f"`stop` must be in [start, 1.0] = [{start}, 1.0], got {stop!r}.")
+        self.guidance_scale = float(guidance_scale)
+        self.guidance_rescale = float(guidance_rescale)
+        self.use_original_formulation = bool(use_original_formulation)
+        self.batch_conditions = bool(batch_conditions)
+        self._start = float(start)
+        self._stop = float(stop)
+        self._enabled = bool(enabled)
+        self._step: Optional[int] = None
+        self._num_inference_steps: Optional[int] = None
+        self._timestep = None
+        self._count_prepared = 0
+        self._merged_cache: Dict[str, Tuple[Any, Any, Any]] = {}
+
+    # ----------------------------------------------------------------------------------------------- state
+    def enable(self) -> None:
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def set_state(self, step: int, num_inference_steps: int, timestep: Any = None) -> None:
+        """Record the current step (guidance may be limited to ``[start, stop)`` of the steps)."""
+        self._step = step
+        self._num_inference_steps = num_inference_steps
+        self._timestep = timestep
+        self._count_prepared = 0
+
+    def new(self, **overrides: Any) -> "ClassifierFreeGuidance":
+        """A new guider with this one's config updated by ``overrides``."""
+        return self.__class__.from_config(self.config, **overrides)
+
+    def _is_cfg_enabled(self) -> bool:
+        if not self._enabled:
+            return False
+        reference = 0.0 if self.use_original_formulation else 1.0
+        if math.isclose(self.guidance_scale, reference):
+            return False
+        n = self._num_inference_steps
+        if n is not None and self._step is not None and (self._start > 0.0 or self._stop < 1.0):
+            return int(self._start * n) <= self._step < int(self._stop * n)
+        return True
+
+    @property
+    def num_conditions(self) -> int:
+        """2 when the unconditional branch is needed at the current step, else 1."""
+        return 2 if self._is_cfg_enabled() else 1
+
+    @property
+    def is_conditional(self) -> bool:
+        """True while the conditional batch is being prepared (diffusers' ``is_conditional``)."""
+        return self._count_prepared == 1
+
+    # ----------------------------------------------------------------------------------------------- batches
+    def prepare_inputs(self, data: Dict[str, Any]) -> List[GuiderBatch]:
+        """Split ``{field: (cond, uncond)}`` into the batches to run (plain values are shared by all batches)."""
+        if not self._is_cfg_enabled():
+            fields = {k: (v[0] if isinstance(v, tuple) else v) for k, v in data.items()}
+            self._count_prepared = 1
+            return [GuiderBatch("pred_cond", fields)]
+        if not self.batch_conditions:
+            batches = []
+            for idx, ident in enumerate(self._input_predictions):
+                fields = {k: (v[idx] if isinstance(v, tuple) else v) for k, v in data.items()}
+                batches.append(GuiderBatch(ident, fields))
+            self._count_prepared = 2
+            return batches
+        fields = {}
+        cache = self._merged_cache
+        for key, value in data.items():
+            if not isinstance(value, tuple):
+                fields[key] = value
+                continue
+            cond, uncond = value
+            hit = cache.get(key)
+            # the embeddings are the same objects on every step: concatenate them once per run
+            if hit is not None and hit[0] is cond and hit[1] is uncond and cond is not uncond:
+                fields[key] = hit[2]
+                continue
+            merged = _cat_pair(key, cond, uncond)
+            if cond is not uncond:
+                cache[key] = (cond, uncond, merged)
+            fields[key] = merged
+        self._count_prepared = 2
+        return [GuiderBatch("pred_merged", fields)]
+
+    def prepare_inputs_from_block_state(self, data: Any, input_fields: Dict[str, Any]) -> List[GuiderBatch]:
+        """Like ``prepare_inputs`` with fields named as attributes of ``data``: ``{field: attr | (cond, uncond)}``."""
+        resolved = {}
+        for key, spec in input_fields.items():
+            if isinstance(spec, tuple):
+                resolved[key] = (getattr(data, spec[0], None), getattr(data, spec[1], None))
+            else:
+                resolved[key] = getattr(data, spec, None)
+        return self.prepare_inputs(resolved)
+
+    def prepare_models(self, model: torch.nn.Module) -> None:
+        """Hook run before each model call (nothing to do for plain CFG)."""
+
+    def cleanup_models(self, model: torch.nn.Module) -> None:
+        """Hook run after each model call (nothing to do for plain CFG)."""
+
+    def reset_cache(self) -> None:
+        """Forget the concatenated embeddings kept between steps."""
+        self._merged_cache = {}
+
+    # ----------------------------------------------------------------------------------------------- combine
+    def __call__(self, batches: List[GuiderBatch]) -> GuiderOutput:
+        if not batches:
+            raise ValueError("`batches` must hold at least one batch with a `noise_pred`.")
+        if len(batches) == 1 and batches[0].identifier != "pred_merged":
+            return self.forward(batches[0].noise_pred)
+        if len(batches) == 1:
+            pred_uncond, pred_cond = batches[0].noise_pred.chunk(2)
+        else:
+            preds = {b.identifier: b.noise_pred for b in batches}
+            pred_cond, pred_uncond = preds["pred_cond"], preds["pred_uncond"]
+        return self.forward(pred_cond, pred_uncond)
+
+    def forward(self, pred_cond: torch.Tensor, pred_uncond: Optional[torch.Tensor] = None) -> GuiderOutput:
+        """Combine branch predictions; with guidance off (or no ``pred_uncond``) the conditional one is returned."""
+        if pred_uncond is None or not self._is_cfg_enabled():
+            return GuiderOutput(pred_cond, pred_cond, pred_uncond)
+        if self.use_original_formulation:
+            pred = pred_cond + self.guidance_scale * (pred_cond - pred_uncond)
+        else:
+            pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
+        if self.guidance_rescale > 0.0:
+            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        return GuiderOutput(pred, pred_cond, pred_uncond)

@@ -1,0 +1,47 @@
+"""Stable Diffusion 1.x/2.x as modular blocks: leaf blocks by stage, presets (``ALL_BLOCKS``), auto blocks and
+``StableDiffusionModularPipeline``."""
+from .before_denoise import (
+    StableDiffusionImg2ImgPrepareLatentsStep,
+    StableDiffusionImg2ImgSetTimestepsStep,
+    StableDiffusionInpaintPrepareLatentsStep,
+    StableDiffusionInpaintSetTimestepsStep,
+    StableDiffusionInputStep,
+    StableDiffusionPrepareLatentsStep,
+    StableDiffusionSetTimestepsStep,
+    retrieve_timesteps,
+)
+from .decoders import StableDiffusionDecodeStep, StableDiffusionInpaintOverlayMaskStep
+from .denoise import (
+    StableDiffusionDenoiseLoopWrapper,
+    StableDiffusionDenoiseStep,
+    StableDiffusionInpaintDenoiseStep,
+    StableDiffusionInpaintLoopAfterDenoiser,
+    StableDiffusionInpaintLoopBeforeDenoiser,
+    StableDiffusionLoopAfterDenoiser,
+    StableDiffusionLoopBeforeDenoiser,
+    StableDiffusionLoopDenoiser,
+)
+from .encoders import (
+    StableDiffusionInpaintVaeEncoderStep,
+    StableDiffusionTextEncoderStep,
+    StableDiffusionVaeEncoderStep,
+    encode_prompt,
+)
+from .modular_blocks import (
+    ALL_BLOCKS,
+    AUTO_BLOCKS,
+    IMAGE2IMAGE_BLOCKS,
+    INPAINT_BLOCKS,
+    TEXT2IMAGE_BLOCKS,
+    StableDiffusionAutoBeforeDenoiseStep,
+    StableDiffusionAutoBlocks,
+    StableDiffusionAutoDecodeStep,
+    StableDiffusionAutoDenoiseStep,
+    StableDiffusionAutoVaeEncoderStep,
+    StableDiffusionBeforeDenoiseStep,
+    StableDiffusionCoreDenoiseStep,
+    StableDiffusionImg2ImgBeforeDenoiseStep,
+    StableDiffusionInpaintBeforeDenoiseStep,
+    StableDiffusionInpaintDecodeStep,
+)
+from .modular_pipeline import StableDiffusionModularPipeline

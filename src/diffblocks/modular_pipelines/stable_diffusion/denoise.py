@@ -1,0 +1,338 @@
+"""The Stable Diffusion denoise loop as a ``LoopSequentialPipelineBlocks``.
+
+Per step the loop runs ``before_denoiser`` (scale the latents, add inpaint channels), ``denoiser`` (one UNet call,
+unconditional and conditional rows batched together through the guider) and ``after_denoiser`` (scheduler step,
+inpaint blend). Everything that does not change between steps (the scheduler's accepted step kwargs, the
+concatenated embeddings, the guidance-scale embedding) is computed once before the first step.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from .. import ComponentSpec, InputParam, LoopSequentialPipelineBlocks, ModularPipelineBlocks, OutputParam
+from .encoders import DENOISER_FIELDS, MODEL_NAME, guider_spec, unet_spec
+
+logger = logging.getLogger(__name__)
+
+_STEP_KWARGS_CACHE: Dict[type, Tuple[bool, bool]] = {}
+
+
+def _scheduler_spec() -> ComponentSpec:
+    from ...schedulers import PNDMScheduler
+
+    return ComponentSpec("scheduler", PNDMScheduler)
+
+
+def scheduler_step_kwargs(scheduler, generator: Any, eta: float) -> Dict[str, Any]:
+    """``eta``/``generator`` for ``scheduler.step``, each only if the scheduler's ``step`` accepts it."""
+    key = type(scheduler)
+    accepted = _STEP_KWARGS_CACHE.get(key)
+    if accepted is None:
+        params = inspect.signature(scheduler.step).parameters
+        accepted = ("eta" in params, "generator" in params)
+        _STEP_KWARGS_CACHE[key] = accepted
+    kwargs = {}
+    if accepted[0]:
+        kwargs["eta"] = eta
+    if accepted[1]:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype=torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding of ``w * 1000`` (the guidance-scale conditioning of LCM-distilled UNets)."""
+    if w.ndim != 1:
+        raise ValueError(f"`w` must be 1-D, got shape {tuple(w.shape)}")
+    w = w * 1000.0
+    half = embedding_dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    angles = w.to(dtype)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+# ------------------------------------------------------------------------------------------------ loop sub-blocks
+class StableDiffusionLoopBeforeDenoiser(ModularPipelineBlocks):
+    model_name = MODEL_NAME
+
+    @property
+    def description(self) -> str:
+        return "Loop step 1: scale the latents for the current timestep (`scaled_latents`)."
+
+    @property
+    def expected_components(self) -> List[ComponentSpec]:
+        return [_scheduler_spec()]
+
+    @property
+    def inputs(self) -> List[InputParam]:
+        return [InputParam("latents", type_hint=torch.Tensor, required=True)]
+
+    def __call__(self, components, block_state, i: int, t: Any):
+        block_state.scaled_latents = components.scheduler.scale_model_input(block_state.latents, t)
+        return components, block_state
+
+
+class StableDiffusionInpaintLoopBeforeDenoiser(ModularPipelineBlocks):
+    model_name = MODEL_NAME
+
+    @property
+    def description(self) -> str:
+        return ("Loop step 1 (inpaint): scale the latents; for 9-channel UNets append the mask and the masked "
+                "image latents on the channel axis.")
+
+    @property
+    def expected_components(self) -> List[ComponentSpec]:
+        return [_scheduler_spec(), unet_spec()]
+
+    @property
+    def inputs(self) -> List[InputParam]:
+        return [
+            InputParam("latents", type_hint=torch.Tensor, required=True),
+            InputParam("mask", type_hint=torch.Tensor),
+            InputParam("masked_image_latents", type_hint=torch.Tensor),
+        ]
+
+    def __call__(self, components, block_state, i: int, t: Any):
+        scaled = components.scheduler.scale_model_input(block_state.latents, t)
+        if components.unet.config.in_channels == 9:
+            mask, masked = block_state.mask, block_state.masked_image_latents
+            if mask is None or masked is None:
+                raise ValueError(
+                    "`mask` and `masked_image_latents` are required for a 9-channel (inpainting) UNet; run the "
+                    "inpaint prepare-latents step first."
+                )
+            scaled = torch.cat([scaled, mask, masked], dim=1)
+        block_state.scaled_latents = scaled
+        return components, block_state
+
+
+class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
+    model_name = MODEL_NAME
+
+    @property
+    def description(self) -> str:
+        return ("Loop step 2: predict the noise with the UNet; the guider batches the conditional and "
+                "unconditional rows into one call and combines the predictions (`noise_pred`).")
+
+    @property
+    def expected_components(self) -> List[ComponentSpec]:
+        return [guider_spec(), unet_spec()]
+
+    @property
+    def inputs(self) -> List[InputParam]:
+        return [
+            InputParam("cross_attention_kwargs", type_hint=dict),
+            InputParam("num_inference_steps", type_hint=int, required=True),
+            InputParam("timestep_cond", type_hint=torch.Tensor),
+            InputParam(kwargs_type=DENOISER_FIELDS, description="prompt_embeds / negative_prompt_embeds"),
+        ]
+
+    def __call__(self, components, block_state, i: int, t: Any):
+        guider = components.guider
+        guider.set_state(i, block_state.num_inference_steps, t)
+        x = block_state.scaled_latents
+        batches = guider.prepare_inputs(
+            {
+                "sample": (x, x),
+                "encoder_hidden_states": (block_state.prompt_embeds, block_state.negative_prompt_embeds),
+            }
+        )
+        unet = components.unet
+        for batch in batches:
+            guider.prepare_models(unet)
+            batch.noise_pred = unet(
+                batch.sample,
+                t,
+                encoder_hidden_states=batch.encoder_hidden_states,
+                timestep_cond=block_state.timestep_cond,
+                cross_attention_kwargs=block_state.cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+            guider.cleanup_models(unet)
+        block_state.noise_pred = guider(batches)[0]
+        return components, block_state
+
+
+class StableDiffusionLoopAfterDenoiser(ModularPipelineBlocks):
+    model_name = MODEL_NAME
+
+    @property
+    def description(self) -> str:
+        return "Loop step 3: the scheduler step from `noise_pred` (passing `eta`/`generator` when accepted)."
+
+    @property
+    def expected_components(self) -> List[ComponentSpec]:
+        return [_scheduler_spec()]
+
+    @property
+    def inputs(self) -> List[InputParam]:
+        return [InputParam("eta", type_hint=float, default=0.0), InputParam("generator")]
+
+    @property
+    def intermediate_outputs(self) -> List[OutputParam]:
+        return [OutputParam("latents", type_hint=torch.Tensor, description="Denoised latents.")]
+
+    def __call__(self, components, block_state, i: int, t: Any):
+        kwargs = block_state.__dict__.get("_step_kwargs")
+        if kwargs is None:
+            kwargs = scheduler_step_kwargs(components.scheduler, block_state.generator, block_state.eta)
+            block_state.__dict__["_step_kwargs"] = kwargs
+        latents = block_state.latents
+        out = components.scheduler.step(block_state.noise_pred, t, latents, **kwargs, return_dict=False)[0]
+        if out.dtype != latents.dtype:
+            out = out.to(latents.dtype)
+        block_state.latents = out
+        return components, block_state
+
+
+class StableDiffusionInpaintLoopAfterDenoiser(StableDiffusionLoopAfterDenoiser):
+    @property
+    def description(self) -> str:
+        return ("Loop step 3 (inpaint): the scheduler step; for 4-channel UNets the known region is reset to the "
+                "image latents noised to the next timestep.")
+
+    @property
+    def expected_components(self) -> List[ComponentSpec]:
+        return [_scheduler_spec(), unet_spec()]
+
+    @property
+    def inputs(self) -> List[InputParam]:
+        return super().inputs + [
+            InputParam("timesteps", type_hint=torch.Tensor, required=True),
+            InputParam("mask", type_hint=torch.Tensor),
+            InputParam("noise", type_hint=torch.Tensor),
+            InputParam("image_latents", type_hint=torch.Tensor),
+        ]
+
+    def __call__(self, components, block_state, i: int, t: Any):
+        components, block_state = super().__call__(components, block_state, i, t)
+        if components.unet.config.in_channels != 4:
+            return components, block_state
+        for name in ("image_latents", "mask", "noise"):
+            if getattr(block_state, name, None) is None:
+                raise ValueError(f"`{name}` is required for this step (4-channel inpainting blend) but is None.")
+        known = block_state.image_latents
+        timesteps = block_state.timesteps
+        if i < len(timesteps) - 1:
+            known = components.scheduler.add_noise(known, block_state.noise, torch.tensor([timesteps[i + 1]]))
+        mask = block_state.mask
+        block_state.latents = (1 - mask) * known + mask * block_state.latents
+        return components, block_state
+
+
+# ------------------------------------------------------------------------------------------------ loop wrapper
+class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
+    model_name = MODEL_NAME
+
+    @property
+    def description(self) -> str:
+        return ("Iterate over `timesteps`, running the loop sub-blocks at each step, with "
+                "`callback_on_step_end` after each step.")
+
+    @property
+    def loop_expected_components(self) -> List[ComponentSpec]:
+        return [guider_spec(), _scheduler_spec(), unet_spec()]
+
+    @property
+    def loop_inputs(self) -> List[InputParam]:
+        return [
+            InputParam("timesteps", type_hint=torch.Tensor, required=True),
+            InputParam("num_inference_steps", type_hint=int, required=True),
+            InputParam("timestep_cond", type_hint=torch.Tensor),
+            InputParam("callback_on_step_end", description="Called as f(pipe, i, t, tensors) after each step."),
+            InputParam("callback_on_step_end_tensor_inputs", type_hint=list, default=["latents"]),
+        ]
+
+    @torch.no_grad()
+    def __call__(self, components, state):
+        bs = self.get_block_state(state)
+        guider = components.guider
+        unet = components.unet
+        lcm_dim = getattr(unet.config, "time_cond_proj_dim", None)
+        if lcm_dim is not None:
+            guider.disable()
+            if bs.timestep_cond is None:
+                rows = bs.latents.shape[0]
+                w = torch.tensor(guider.guidance_scale - 1).repeat(rows)
+                bs.timestep_cond = guidance_scale_embedding(w, embedding_dim=lcm_dim).to(
+                    device=bs.latents.device, dtype=bs.latents.dtype
+                )
+        elif getattr(components, "_guider_managed", False) is False:
+            guider.enable()
+        scheduler = components.scheduler
+        timesteps = bs.timesteps
+        order = getattr(scheduler, "order", 1)
+        warmup = max(len(timesteps) - bs.num_inference_steps * order, 0)
+        callback = bs.callback_on_step_end
+        tensor_names = bs.callback_on_step_end_tensor_inputs or []
+        if callback is not None and hasattr(callback, "tensor_inputs"):
+            tensor_names = callback.tensor_inputs
+        last = len(timesteps) - 1
+        guider.reset_cache()
+        try:
+            # a classic pipeline holding the components has its own progress-bar settings
+            make_bar = getattr(components, "progress_bar", None)
+            make_bar = make_bar if callable(make_bar) else self.progress_bar
+            with make_bar(total=bs.num_inference_steps) as bar:
+                for i, t in enumerate(timesteps):
+                    if getattr(components, "_interrupt", False):
+                        continue
+                    components, bs = self.loop_step(components, bs, i=i, t=t)
+                    if callback is not None:
+                        self._run_callback(components, bs, callback, tensor_names, i, t)
+                    if i == last or ((i + 1) > warmup and (i + 1) % order == 0):
+                        bar.update()
+        finally:
+            guider.reset_cache()
+        bs.__dict__.pop("_step_kwargs", None)
+        self.set_block_state(state, bs)
+        return components, state
+
+    @staticmethod
+    def _run_callback(components, bs, callback, names, i, t) -> None:
+        merged = getattr(components, "_callback_merges_embeds", False)
+        tensors = {}
+        for name in names:
+            value = getattr(bs, name, None)
+            if merged and name == "prompt_embeds" and bs.negative_prompt_embeds is not None:
+                # the classic pipelines expose the CFG batch [negative, positive] under this name
+                value = torch.cat([bs.negative_prompt_embeds, value])
+            tensors[name] = value
+        outputs = callback(components, i, t, tensors) or {}
+        for name, value in outputs.items():
+            if merged and name == "prompt_embeds" and value is not None and bs.negative_prompt_embeds is not None:
+                rows = bs.negative_prompt_embeds.shape[0]
+                if value.shape[0] == 2 * rows:
+                    bs.negative_prompt_embeds, value = value[:rows], value[rows:]
+            setattr(bs, name, value)
+        sync = getattr(components, "_after_step_callback", None)
+        if sync is not None:
+            sync()
+
+
+class StableDiffusionDenoiseStep(StableDiffusionDenoiseLoopWrapper):
+    block_classes = [StableDiffusionLoopBeforeDenoiser, StableDiffusionLoopDenoiser, StableDiffusionLoopAfterDenoiser]
+    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
+
+    @property
+    def description(self) -> str:
+        return "Denoise loop (text-to-image and image-to-image): scale, UNet with guidance, scheduler step."
+
+
+class StableDiffusionInpaintDenoiseStep(StableDiffusionDenoiseLoopWrapper):
+    block_classes = [
+        StableDiffusionInpaintLoopBeforeDenoiser,
+        StableDiffusionLoopDenoiser,
+        StableDiffusionInpaintLoopAfterDenoiser,
+    ]
+    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
+
+    @property
+    def description(self) -> str:
+        return "Denoise loop (inpainting): 9-channel inputs or the 4-channel known-region blend."

@@ -1,0 +1,209 @@
+"""Stable Diffusion 1.x/2.x block compositions: per-task presets (``ALL_BLOCKS``) and the auto blocks.
+
+The stage layout follows the SDXL family: ``text_encoder``, ``vae_encoder``, ``denoise`` (``input``,
+``before_denoise``, ``denoise``), ``decode``. Presets hold block *classes* (fresh instances per
+``SequentialPipelineBlocks.from_blocks_dict``) and are never mutated by the library.
+"""
+from __future__ import annotations
+
+from .. import AutoPipelineBlocks, InsertableDict, OutputParam, SequentialPipelineBlocks
+from .before_denoise import (
+    StableDiffusionImg2ImgPrepareLatentsStep,
+    StableDiffusionImg2ImgSetTimestepsStep,
+    StableDiffusionInpaintPrepareLatentsStep,
+    StableDiffusionInpaintSetTimestepsStep,
+    StableDiffusionInputStep,
+    StableDiffusionPrepareLatentsStep,
+    StableDiffusionSetTimestepsStep,
+)
+from .decoders import StableDiffusionDecodeStep, StableDiffusionInpaintOverlayMaskStep
+from .denoise import StableDiffusionDenoiseStep, StableDiffusionInpaintDenoiseStep
+from .encoders import (
+    MODEL_NAME,
+    StableDiffusionInpaintVaeEncoderStep,
+    StableDiffusionTextEncoderStep,
+    StableDiffusionVaeEncoderStep,
+)
+
+
+class StableDiffusionBeforeDenoiseStep(SequentialPipelineBlocks):
+    block_classes = [StableDiffusionSetTimestepsStep, StableDiffusionPrepareLatentsStep]
+    block_names = ["set_timesteps", "prepare_latents"]
+
+    @property
+    def description(self) -> str:
+        return "Before denoise (text-to-image): timesteps and initial noise latents."
+
+
+class StableDiffusionImg2ImgBeforeDenoiseStep(SequentialPipelineBlocks):
+    block_classes = [StableDiffusionImg2ImgSetTimestepsStep, StableDiffusionImg2ImgPrepareLatentsStep]
+    block_names = ["set_timesteps", "prepare_latents"]
+
+    @property
+    def description(self) -> str:
+        return "Before denoise (image-to-image): strength-trimmed timesteps and noised image latents."
+
+
+class StableDiffusionInpaintBeforeDenoiseStep(SequentialPipelineBlocks):
+    block_classes = [StableDiffusionInpaintSetTimestepsStep, StableDiffusionInpaintPrepareLatentsStep]
+    block_names = ["set_timesteps", "prepare_latents"]
+
+    @property
+    def description(self) -> str:
+        return "Before denoise (inpainting): timesteps, latents, mask and masked-image latents."
+
+
+class StableDiffusionInpaintDecodeStep(SequentialPipelineBlocks):
+    block_classes = [StableDiffusionDecodeStep, StableDiffusionInpaintOverlayMaskStep]
+    block_names = ["decode", "mask_overlay"]
+
+    @property
+    def description(self) -> str:
+        return "Decode, then paste the crop back when `padding_mask_crop` was used."
+
+
+class StableDiffusionAutoVaeEncoderStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionInpaintVaeEncoderStep, StableDiffusionVaeEncoderStep]
+    block_names = ["inpaint", "img2img"]
+    block_trigger_inputs = ["mask_image", "image"]
+
+    @property
+    def description(self) -> str:
+        return ("Image preparation: inpainting when `mask_image` is given, image-to-image when `image` is given, "
+                "skipped otherwise.")
+
+
+class StableDiffusionAutoBeforeDenoiseStep(AutoPipelineBlocks):
+    block_classes = [
+        StableDiffusionInpaintBeforeDenoiseStep,
+        StableDiffusionImg2ImgBeforeDenoiseStep,
+        StableDiffusionBeforeDenoiseStep,
+    ]
+    block_names = ["inpaint", "img2img", "text2img"]
+    block_trigger_inputs = ["mask", "image_latents", None]
+
+    @property
+    def description(self) -> str:
+        return "Before denoise: inpainting (`mask`), image-to-image (`image_latents`) or text-to-image (default)."
+
+
+class StableDiffusionAutoDenoiseStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionInpaintDenoiseStep, StableDiffusionDenoiseStep]
+    block_names = ["inpaint_denoise", "denoise"]
+    block_trigger_inputs = ["mask", None]
+
+    @property
+    def description(self) -> str:
+        return "Denoise loop: the inpainting loop when `mask` is present, else the plain loop."
+
+
+class StableDiffusionAutoDecodeStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionInpaintDecodeStep, StableDiffusionDecodeStep]
+    block_names = ["inpaint", "non-inpaint"]
+    block_trigger_inputs = ["padding_mask_crop", None]
+
+    @property
+    def description(self) -> str:
+        return "Decode (with the inpaint overlay when `padding_mask_crop` is set)."
+
+
+class StableDiffusionCoreDenoiseStep(SequentialPipelineBlocks):
+    block_classes = [StableDiffusionInputStep, StableDiffusionAutoBeforeDenoiseStep, StableDiffusionAutoDenoiseStep]
+    block_names = ["input", "before_denoise", "denoise"]
+
+    @property
+    def description(self) -> str:
+        return "Batch expansion, before-denoise preparation and the denoise loop."
+
+
+class StableDiffusionAutoBlocks(SequentialPipelineBlocks):
+    block_classes = [
+        StableDiffusionTextEncoderStep,
+        StableDiffusionAutoVaeEncoderStep,
+        StableDiffusionCoreDenoiseStep,
+        StableDiffusionAutoDecodeStep,
+    ]
+    block_names = ["text_encoder", "vae_encoder", "denoise", "decode"]
+    _workflow_map = {
+        "text2image": {"prompt": True},
+        "image2image": {"prompt": True, "image": True},
+        "inpainting": {"prompt": True, "image": True, "mask_image": True},
+    }
+
+    @property
+    def description(self) -> str:
+        return "Auto modular pipeline for text-to-image, image-to-image and inpainting with Stable Diffusion 1.x/2.x."
+
+    @property
+    def outputs(self):
+        return [OutputParam("images", description="Generated images.")]
+
+
+TEXT2IMAGE_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("input", StableDiffusionInputStep),
+        ("set_timesteps", StableDiffusionSetTimestepsStep),
+        ("prepare_latents", StableDiffusionPrepareLatentsStep),
+        ("denoise", StableDiffusionDenoiseStep),
+        ("decode", StableDiffusionDecodeStep),
+    ]
+)
+
+IMAGE2IMAGE_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("vae_encoder", StableDiffusionVaeEncoderStep),
+        ("input", StableDiffusionInputStep),
+        ("set_timesteps", StableDiffusionImg2ImgSetTimestepsStep),
+        ("prepare_latents", StableDiffusionImg2ImgPrepareLatentsStep),
+        ("denoise", StableDiffusionDenoiseStep),
+        ("decode", StableDiffusionDecodeStep),
+    ]
+)
+
+INPAINT_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("vae_encoder", StableDiffusionInpaintVaeEncoderStep),
+        ("input", StableDiffusionInputStep),
+        ("set_timesteps", StableDiffusionInpaintSetTimestepsStep),
+        ("prepare_latents", StableDiffusionInpaintPrepareLatentsStep),
+        ("denoise", StableDiffusionInpaintDenoiseStep),
+        ("decode", StableDiffusionInpaintDecodeStep),
+    ]
+)
+
+AUTO_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("vae_encoder", StableDiffusionAutoVaeEncoderStep),
+        ("denoise", StableDiffusionCoreDenoiseStep),
+        ("decode", StableDiffusionAutoDecodeStep),
+    ]
+)
+
+ALL_BLOCKS = {
+    "text2img": TEXT2IMAGE_BLOCKS,
+    "img2img": IMAGE2IMAGE_BLOCKS,
+    "inpaint": INPAINT_BLOCKS,
+    "auto": AUTO_BLOCKS,
+}
+
+__all__ = [
+    "ALL_BLOCKS",
+    "AUTO_BLOCKS",
+    "IMAGE2IMAGE_BLOCKS",
+    "INPAINT_BLOCKS",
+    "TEXT2IMAGE_BLOCKS",
+    "StableDiffusionAutoBlocks",
+    "StableDiffusionAutoBeforeDenoiseStep",
+    "StableDiffusionAutoDecodeStep",
+    "StableDiffusionAutoDenoiseStep",
+    "StableDiffusionAutoVaeEncoderStep",
+    "StableDiffusionBeforeDenoiseStep",
+    "StableDiffusionCoreDenoiseStep",
+    "StableDiffusionImg2ImgBeforeDenoiseStep",
+    "StableDiffusionInpaintBeforeDenoiseStep",
+    "StableDiffusionInpaintDecodeStep",
+]

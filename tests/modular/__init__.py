@@ -1,0 +1,1 @@
+"""Tests of the modular core (states, params, blocks, ModularPipeline)."""

@@ -71,14 +71,14 @@ def assert_schedule_equal(ref, mine) -> None:
     assert mine.timesteps.dtype == ref.timesteps.dtype, (mine.timesteps.dtype, ref.timesteps.dtype)
     assert mine.timesteps.shape == ref.timesteps.shape, (mine.timesteps, ref.timesteps)
     if mine.timesteps.is_floating_point():
-        torch.testing.assert_close(mine.timesteps, ref.timesteps, rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(mine.timesteps, ref.timesteps, rtol=1e-6, atol=1e-5, equal_nan=True)
     else:
         assert torch.equal(mine.timesteps, ref.timesteps), (mine.timesteps, ref.timesteps)
     rs = getattr(ref, "sigmas", None)
     if isinstance(rs, torch.Tensor):
         ms = mine.sigmas
         assert ms.shape == rs.shape, (ms, rs)
-        torch.testing.assert_close(ms.float(), rs.float(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ms.float(), rs.float(), rtol=1e-6, atol=1e-7, equal_nan=True)
 
 
 def check_parity(name: str, config: Dict[str, Any], num_steps: Optional[int] = 10, set_kwargs=None,

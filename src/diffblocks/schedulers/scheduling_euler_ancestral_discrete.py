@@ -110,10 +110,7 @@ class EulerAncestralDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMix
         sample = sample.to(torch.float32)
         kind = self.config.prediction_type
         x0 = x0_from_output(kind, model_output, sample, sigma, type(self).__name__, allow_sample=False)
-        if kind == "epsilon":
-            prev = torch.add(sample, model_output, alpha=down - sigma)
-        else:
-            prev = sample + (sample - x0) * ((down - sigma) / sigma)
+        prev = torch.add(sample, (sample - x0) / sigma, alpha=down - sigma)
         noise = draw_noise(model_output, generator)
         prev = torch.add(prev, noise, alpha=up).to(model_output.dtype)
         self._step_index = i + 1

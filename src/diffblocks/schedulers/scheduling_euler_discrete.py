@@ -50,7 +50,7 @@ def x0_from_output(kind: str, model_output: torch.Tensor, sample: torch.Tensor, 
                    allow_sample: bool = True) -> torch.Tensor:
     """Denoised estimate for a sigma-parameterised sample (``sample`` is x0 + sigma * noise)."""
     if kind == "epsilon":
-        return sample - sigma * model_output
+        return torch.add(sample, model_output, alpha=-sigma)
     if kind == "v_prediction":
         return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
     if kind in ("sample", "original_sample") and allow_sample:
@@ -212,10 +212,10 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         kind = self.config.prediction_type
         if kind == "epsilon":
             x0 = torch.add(sample, model_output, alpha=-sigma_hat)
-            prev = torch.add(sample, model_output, alpha=dt)
         else:
             x0 = x0_from_output(kind, model_output, sample, sigma, type(self).__name__)
-            prev = sample + (sample - x0) * (dt / sigma_hat)
+        # slope measured through x0 (not taken as the raw output) so huge sigmas round as in diffusers
+        prev = torch.add(sample, (sample - x0) / sigma_hat, alpha=dt)
         prev = prev.to(model_output.dtype)
         self._step_index = i + 1
         if not return_dict:

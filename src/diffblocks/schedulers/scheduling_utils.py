@@ -293,6 +293,30 @@ def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return t.reshape(sigmas.shape)
 
 
+def discrete_sigma_schedule(config: Any, alphas_cumprod: torch.Tensor, num_inference_steps: int,
+                            num_train_timesteps: Optional[int] = None, timesteps: Optional[Sequence[float]] = None,
+                            round_karras: bool = False, karras_bounds_from_config: bool = True):
+    """(timesteps, sigmas without the final 0, log of the training sigmas) of the k-diffusion style samplers:
+    spaced (or custom) timesteps, sigmas interpolated at them, then an optional Karras / exponential / beta ramp
+    whose timesteps are recovered by log-sigma interpolation."""
+    T = num_train_timesteps or config.num_train_timesteps
+    if timesteps is not None:
+        ts = np.array(timesteps, dtype=np.float32)
+    else:
+        ts = spaced_timesteps(config.timestep_spacing, T, num_inference_steps, config.steps_offset,
+                              round_linspace=False).astype(np.float32)
+    base = train_sigmas(alphas_cumprod)
+    log_base = np.log(base)
+    sig = np.interp(ts, np.arange(0, len(base)), base)
+    ramp = apply_sigma_ramp(config, sig, num_inference_steps, karras_bounds_from_config)
+    if ramp is not None:
+        sig = ramp
+        ts = sigma_to_t(sig, log_base)
+        if round_karras and getattr(config, "use_karras_sigmas", False):
+            ts = ts.round()
+    return ts, sig, log_base
+
+
 # ----------------------------------------------------------------------------------------------- sample helpers
 def threshold_sample(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Dynamic thresholding (Imagen): clamp each item to its ``ratio`` quantile of |x| (>= 1, <= max_value)

@@ -963,8 +963,11 @@ class DiffusionPipeline(ConfigMixin):
         return torch.device(device.type, index)
 
     def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[str, torch.device, None] = None) -> None:
-        """Keep models on the CPU and move each whole model to ``device`` right before it runs (the previous one
-        in ``model_cpu_offload_seq`` goes back to the CPU)."""
+        """Keep models on the CPU and move each whole model to ``device`` right before it runs; the model
+        before it in ``model_cpu_offload_seq`` goes back to the CPU. Models outside the sequence get their own
+        hook, except those in ``_exclude_from_cpu_offload``, which stay on ``device``.
+
+        ``device`` defaults to the available accelerator (``device="cpu"`` is accepted, mainly for testing)."""
         if self.model_cpu_offload_seq is None:
             raise ValueError(
                 "Model CPU offload cannot be enabled because no `model_cpu_offload_seq` class attribute is set."
@@ -973,39 +976,46 @@ class DiffusionPipeline(ConfigMixin):
 
         target = self._offload_target(gpu_id, device, "enable_model_cpu_offload")
         self.remove_all_hooks()
+        modules = dict(self._module_items())
+        order = [n for n in self.model_cpu_offload_seq.split("->") if n in modules]
+        chain = hooks.attach_offload_chain([modules[n] for n in order], target)
+        extra = []
+        for name, module in modules.items():
+            if name in order:
+                continue
+            if name in self._exclude_from_cpu_offload:
+                module.to(target)
+            else:
+                extra.append(hooks.attach_device_hook(module, target))
         object.__setattr__(self, "_offload_device", target)
         object.__setattr__(self, "_offload_mode", "model")
-        modules = dict(self._module_items())
-        for _, module in modules.items():
-            module.to("cpu")
-        order = [n for n in self.model_cpu_offload_seq.split("->") if n in modules]
-        order += [n for n in modules if n not in order and n not in self._exclude_from_cpu_offload]
-        hooks.apply_model_offload([modules[n] for n in order], target)
-        for name in self._exclude_from_cpu_offload:
-            if name in modules:
-                modules[name].to(target)
+        object.__setattr__(self, "_offload_hooks", chain + extra)
 
     def enable_sequential_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[str, torch.device, None] = None) -> None:
-        """Keep weights on the CPU and stream each sub-module's parameters to ``device`` for its forward."""
+        """Keep weights on the CPU and stream each sub-module's own tensors to ``device`` while it runs
+        (lowest memory, slowest). Components in ``_exclude_from_cpu_offload`` are moved to ``device``."""
         from .. import hooks
 
         target = self._offload_target(gpu_id, device, "enable_sequential_cpu_offload")
         self.remove_all_hooks()
-        object.__setattr__(self, "_offload_device", target)
-        object.__setattr__(self, "_offload_mode", "sequential")
+        attached = []
         for name, module in self._module_items():
             if name in self._exclude_from_cpu_offload:
                 module.to(target)
             else:
-                module.to("cpu")
-                hooks.apply_sequential_offload(module, target)
+                attached.append(hooks.attach_sequential_offload(module, target))
+        object.__setattr__(self, "_offload_device", target)
+        object.__setattr__(self, "_offload_mode", "sequential")
+        object.__setattr__(self, "_offload_hooks", attached)
 
     def maybe_free_model_hooks(self) -> None:
-        """Called at the end of ``__call__``: with model offload on, put every model back on the CPU and re-arm
-        the hooks so the next call starts from the same state."""
-        mode = getattr(self, "_offload_mode", None)
-        if mode == "model":
-            self.enable_model_cpu_offload(device=getattr(self, "_offload_device", None))
+        """Called at the end of ``__call__``: with model offload on, send every model back to the CPU so the
+        next call starts from the same state (the hooks stay armed)."""
+        if getattr(self, "_offload_mode", None) != "model":
+            return
+        for hook in getattr(self, "_offload_hooks", []):
+            if getattr(hook, "resident", False):
+                hook.offload()
 
     def remove_all_hooks(self) -> None:
         """Remove offload hooks from every component (weights stay where they are)."""
@@ -1016,6 +1026,7 @@ class DiffusionPipeline(ConfigMixin):
         for _, module in self._module_items():
             hooks.remove_hooks(module)
         object.__setattr__(self, "_offload_mode", None)
+        object.__setattr__(self, "_offload_hooks", [])
 
     def reset_device_map(self) -> None:
         """Remove hooks, move every model to the CPU and forget ``hf_device_map``."""

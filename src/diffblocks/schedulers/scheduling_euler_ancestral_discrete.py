@@ -110,9 +110,9 @@ class EulerAncestralDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMix
         sample = sample.to(torch.float32)
         kind = self.config.prediction_type
         x0 = x0_from_output(kind, model_output, sample, sigma, type(self).__name__, allow_sample=False)
-        prev = torch.add(sample, (sample - x0) / sigma, alpha=down - sigma)
+        prev = sample + ((sample - x0) / sigma) * (down - sigma)
         noise = draw_noise(model_output, generator)
-        prev = torch.add(prev, noise, alpha=up).to(model_output.dtype)
+        prev = (prev + noise * up).to(model_output.dtype)
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)

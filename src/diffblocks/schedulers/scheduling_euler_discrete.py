@@ -52,7 +52,8 @@ def x0_from_output(kind: str, model_output: torch.Tensor, sample: torch.Tensor, 
     if kind == "epsilon":
         return torch.add(sample, model_output, alpha=-sigma)
     if kind == "v_prediction":
-        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+        s = np.float32(sigma)  # float32 scalar maths, as the reference computes it
+        return model_output * float(-s / np.sqrt(s * s + 1)) + sample / float(s * s + 1)
     if kind in ("sample", "original_sample") and allow_sample:
         return model_output
     if kind == "sample":
@@ -215,7 +216,7 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         else:
             x0 = x0_from_output(kind, model_output, sample, sigma, type(self).__name__)
         # slope measured through x0 (not taken as the raw output) so huge sigmas round as in diffusers
-        prev = torch.add(sample, (sample - x0) / sigma_hat, alpha=dt)
+        prev = sample + ((sample - x0) / sigma_hat) * dt
         prev = prev.to(model_output.dtype)
         self._step_index = i + 1
         if not return_dict:

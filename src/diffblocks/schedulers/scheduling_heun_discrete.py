@@ -129,10 +129,10 @@ class HeunDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         if first:
             dt = sigma_next - sigma
             self.prev_derivative, self.dt, self.sample = derivative, dt, sample
-            prev = torch.add(sample, derivative, alpha=dt)
+            prev = sample + derivative * dt
         else:
             slope = (self.prev_derivative + derivative) / 2
-            prev = torch.add(self.sample, slope, alpha=self.dt)
+            prev = self.sample + slope * self.dt
             self.prev_derivative = self.dt = self.sample = None
         self._step_index = i + 1
         if not return_dict:

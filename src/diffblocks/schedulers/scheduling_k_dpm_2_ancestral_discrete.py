@@ -56,16 +56,16 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
             d = (sample - x0) / sigma
             self.sample = sample
             self.dt = mid - sigma
-            prev = torch.add(sample, d, alpha=mid - sigma)
+            prev = sample + d * (mid - sigma)
         else:
             sigma, mid = self._sigma_values[i - 1], self._mid_values[i - 1]
             up, down = self._up_values[i - 1], self._down_values[i - 1]
             x0 = x0_from_output(kind, model_output, sample, mid, type(self).__name__, False)
             d = (sample - x0) / mid
-            prev = torch.add(self.sample, d, alpha=down - sigma)
+            prev = self.sample + d * (down - sigma)
             self.sample = None
             noise = draw_noise(model_output, generator)
-            prev = torch.add(prev, noise, alpha=up)
+            prev = prev + noise * up
         self._step_index = i + 1
         if not return_dict:
             return (prev, x0)

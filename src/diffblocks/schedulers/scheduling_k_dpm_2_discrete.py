@@ -108,12 +108,12 @@ class KDPM2DiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
             x0 = x0_from_output(self.config.prediction_type, model_output, sample, sigma, type(self).__name__, False)
             d = (sample - x0) / sigma
             self.sample = sample
-            prev = torch.add(sample, d, alpha=target - sigma)
+            prev = sample + d * (target - sigma)
         else:
             sigma, mid, nxt = self._sigma_values[i - 1], self._mid_values[i], self._sigma_values[i]
             x0 = x0_from_output(self.config.prediction_type, model_output, sample, mid, type(self).__name__, False)
             d = (sample - x0) / mid
-            prev = torch.add(self.sample, d, alpha=nxt - sigma)
+            prev = self.sample + d * (nxt - sigma)
             self.sample = None
         self._step_index = i + 1
         if not return_dict:

@@ -296,3 +296,13 @@ def test_buffer_without_hook_left_on_meta_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"still has tensors on the meta device after loading: \['table'\]"):
         NoHook.from_pretrained(tmp_path)
     assert torch.equal(NoHook.from_pretrained(tmp_path, low_cpu_mem_usage=False).table, torch.ones(4))
+
+
+def test_saved_files_have_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        make_tiny().save_pretrained(tmp_path / "m", max_shard_size=300)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m").st_mode & 0o777 == 0o755
+    assert {os.stat(tmp_path / "m" / f).st_mode & 0o777 for f in os.listdir(tmp_path / "m")} == {0o644}

@@ -223,6 +223,7 @@ class ModelMixin(torch.nn.Module):
                     state_dict, tmp, variant=variant, safe_serialization=safe_serialization,
                     max_shard_size=max_shard_size,
                 )
+            _normal_permissions(tmp)
             _move_into_place(tmp, target, variant=variant, safe_serialization=safe_serialization)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -311,6 +312,22 @@ class ModelMixin(torch.nn.Module):
     # ------------------------------------------------------------------ misc
     def _init_non_persistent_buffers(self) -> None:  # pragma: no cover - overridden by models that need it
         """Recompute buffers that are not stored in checkpoints (called after meta-device loading)."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(folder: str) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; give the saved files the usual umask-based modes."""
+    mask = _current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.chmod(path, 0o666 & ~mask)
 
 
 def _move_into_place(tmp: str, target: str, *, variant: Optional[str], safe_serialization: bool) -> None:

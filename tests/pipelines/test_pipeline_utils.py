@@ -428,3 +428,99 @@ def test_signature_keys_and_misc(tiny_classes):
     assert pipe.interrupt is False
     pipe.enable_attention_slicing()  # no module implements it: a no-op
     pipe.disable_attention_slicing()
+
+
+# ----------------------------------------------------------------------------------------------- real SD folders
+def _gen():
+    return torch.Generator().manual_seed(0)
+
+
+def test_sd_folder_interop_with_diffusers(tiny_sd_folder, tmp_path):
+    import diffusers
+
+    from diffblocks import StableDiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd_folder)
+    assert type(pipe) is StableDiffusionPipeline
+    assert pipe.config.unet == ("diffusers", "UNet2DConditionModel")
+    pipe.set_progress_bar_config(disable=True)
+    ours = pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+
+    # ours -> diffusers
+    pipe.save_pretrained(str(tmp_path / "ours"))
+    data = _index(str(tmp_path / "ours"))
+    assert data["_class_name"] == "StableDiffusionPipeline" and data["vae"] == ["diffusers", "AutoencoderKL"]
+    theirs_pipe = diffusers.DiffusionPipeline.from_pretrained(str(tmp_path / "ours"))
+    assert type(theirs_pipe).__name__ == "StableDiffusionPipeline"
+    theirs_pipe.set_progress_bar_config(disable=True)
+    theirs = theirs_pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    assert ours.shape == theirs.shape == (1, 64, 64, 3)
+    assert float(abs(ours - theirs).max()) <= 1e-4
+
+    # diffusers -> ours
+    theirs_pipe.save_pretrained(str(tmp_path / "theirs"))
+    again = DiffusionPipeline.from_pretrained(str(tmp_path / "theirs"))
+    again.set_progress_bar_config(disable=True)
+    out = again("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    assert float(abs(out - ours).max()) <= 1e-4
+
+
+def test_sd_safety_checker_none_warning(tiny_sd_folder, caplog):
+    with caplog.at_level(logging.WARNING):
+        pipe = DiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None, requires_safety_checker=True)
+    assert pipe.safety_checker is None and pipe.config.requires_safety_checker is True
+    assert "You have disabled the safety checker for <class 'diffblocks.pipelines.stable_diffusion" in caplog.text
+    assert "by passing `safety_checker=None`" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        DiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
+    assert "disabled the safety checker" not in caplog.text  # the folder says requires_safety_checker=false
+
+
+def test_sd_from_pipe_shares_every_tensor(tiny_sd_folder):
+    from diffblocks import StableDiffusionImg2ImgPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd_folder, torch_dtype=torch.float16)
+    before = {n: {k: t.data_ptr() for k, t in m.state_dict().items()} for n, m in pipe._module_items()}
+    img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    for name, module in img._module_items():
+        assert module is getattr(pipe, name)
+        assert {k: t.data_ptr() for k, t in module.state_dict().items()} == before[name]
+        assert module.dtype == torch.float16  # diffusers would have cast everything to float32 here
+    assert pipe.unet.dtype == torch.float16
+
+
+def test_sd_model_cpu_offload_on_cpu(tiny_sd_folder):
+    from diffblocks import hooks
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd_folder)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert pipe._offload_mode == "model"
+    assert all(hooks.has_hooks(m) for _, m in pipe._module_items())
+    assert pipe._execution_device == torch.device("cpu")
+    out = pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    assert float(abs(out - ref).max()) <= 1e-6
+    assert not any(h.resident for h in pipe._offload_hooks)  # maybe_free_model_hooks sent everything back
+    pipe.remove_all_hooks()
+    assert not any(hooks.has_hooks(m) for _, m in pipe._module_items())
+    pipe.enable_sequential_cpu_offload(device="cpu")
+    out = pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    assert float(abs(out - ref).max()) <= 1e-6
+    pipe.remove_all_hooks()
+
+
+def test_offload_errors(tiny_classes, tiny_folder):
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="`enable_model_cpu_offload` requires accelerator, but not found"):
+            pipe.enable_model_cpu_offload()
+    with pytest.raises(ValueError, match="Cannot pass both"):
+        pipe.enable_model_cpu_offload(gpu_id=1, device="cuda:0")
+    with pytest.raises(ValueError, match="`gpu_id` must be a non-negative int"):
+        pipe.enable_model_cpu_offload(gpu_id=-1, device="cuda")
+    bare = DiffusionPipeline.__new__(TinyExactPipeline)
+    TinyExactPipeline.__init__(bare, unet=OtherDenoiser(), scheduler=pipe.scheduler)
+    with pytest.raises(ValueError, match="no `model_cpu_offload_seq` class attribute is set"):
+        bare.enable_model_cpu_offload(device="cpu")

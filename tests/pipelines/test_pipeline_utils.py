@@ -524,3 +524,32 @@ def test_offload_errors(tiny_classes, tiny_folder):
     TinyExactPipeline.__init__(bare, unet=OtherDenoiser(), scheduler=pipe.scheduler)
     with pytest.raises(ValueError, match="no `model_cpu_offload_seq` class attribute is set"):
         bare.enable_model_cpu_offload(device="cpu")
+
+
+def test_run_blocks_uses_the_pipeline_as_components(tiny_classes, tiny_folder):
+    from diffblocks.modular_pipelines import InputParam, ModularPipelineBlocks, OutputParam
+
+    class Denoise(ModularPipelineBlocks):
+        @property
+        def inputs(self):
+            return [InputParam("x", required=True), InputParam("scale", default=2.0)]
+
+        @property
+        def intermediate_outputs(self):
+            return [OutputParam("y")]
+
+        def __call__(self, components, state):
+            bs = self.get_block_state(state)
+            bs.y = components.unet(bs.x) * bs.scale
+            self.set_block_state(state, bs)
+            return components, state
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    x = torch.randn(1, 4, 8, 8)
+    state = pipe.run_blocks(Denoise(), x=x)
+    with torch.no_grad():
+        expected = pipe.unet(x) * 2.0
+    assert torch.allclose(state.get("y"), expected)
+    assert state.get("scale") == 2.0  # declared default filled in
+    state = pipe.run_blocks(Denoise(), x=x, scale=0.5)
+    assert torch.allclose(state.get("y"), expected / 4)

@@ -573,19 +573,27 @@ class DiffusionPipeline(ConfigMixin):
     def run_blocks(self, blocks: Any, state: Any = None, **inputs: Any) -> Any:
         """Run a modular ``blocks`` object with this pipeline as its components holder and return the state.
 
-        ``inputs`` are set on a new ``PipelineState`` (or on ``state`` when given); ``blocks(self, state)`` is
-        called, so blocks read components such as ``components.unet`` straight from this pipeline.
+        Each keyword becomes a user input of a new ``PipelineState`` (or of ``state``), tagged with the
+        ``kwargs_type`` the blocks declare for it; declared inputs that are not given get their declared
+        default. ``blocks(self, state)`` is then called, so blocks read ``components.unet`` etc. from here.
         """
         from ..modular_pipelines import PipelineState
 
         if state is None:
             state = PipelineState()
-        setter = getattr(state, "set", None)
+        declared = getattr(blocks, "inputs", None) or []
+        for param in declared:
+            name = getattr(param, "name", None)
+            kind = getattr(param, "kwargs_type", None)
+            if name is not None and name in inputs:
+                state.set_input(name, inputs.pop(name), kind)
+            elif name is None and kind and isinstance(inputs.get(kind), dict):
+                for key, value in inputs.pop(kind).items():
+                    state.set_input(key, value, kind)
+            elif name is not None and name not in state:
+                state.set_input(name, getattr(param, "default", None), kind)
         for name, value in inputs.items():
-            if callable(setter):
-                setter(name, value)
-            else:  # older spelling of the state API
-                state.add_input(name, value)
+            state.set_input(name, value)
         _, state = blocks(self, state)
         return state
 

@@ -146,6 +146,9 @@ def run(case: str, impl: str) -> float:
         import torch  # noqa: F401  (import cost outside the measurement)
 
         model_cls = _ours_class() if impl == "diffblocks" else _diffusers_class()
+        if impl == "diffblocks":  # diffusers imports its loading code with ModelMixin; do the same for ours
+            import diffblocks.hub  # noqa: F401
+            import diffblocks.models.weights  # noqa: F401
     warm_page_cache(path)
     gc.collect()
 

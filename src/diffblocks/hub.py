@@ -203,7 +203,6 @@ def repo_file_list(
             mapped = _map_hub_error(err, repo_id, revision)
             raise (mapped or err) from err
         except Exception as err:  # noqa: BLE001 - connection problems: fall back to the cache
-            logger.warning("Couldn't connect to the Hub: %s.\nWill try to load from local cache.", err)
             warnings.warn(f"Couldn't connect to the Hub: {err}. Will try to load from local cache.", UserWarning)
     snapshot = cached_snapshot(repo_id, revision, cache_dir)
     if snapshot is None:

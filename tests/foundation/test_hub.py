@@ -219,3 +219,23 @@ def test_variant_compatible_siblings(caplog):
         usable, _ = hub.variant_compatible_siblings(FILES, variant="non_ema")
     assert "A mixture of non_ema and non-non_ema filenames will be loaded." in caplog.text
     assert "unet/diffusion_pytorch_model.non_ema.bin" in usable and "vae/diffusion_pytorch_model.bin" in usable
+
+
+def test_resolve_file_offline_not_cached(tmp_path, offline):
+    with pytest.raises(EnvironmentError, match="We couldn't connect to 'https://huggingface.co' to load the file "
+                                               "unet/config.json"):
+        hub.resolve_file("tiny-org/absent", "config.json", subfolder="unet", cache_dir=str(tmp_path))
+
+
+def test_unreachable_hub_falls_back_to_cache(tmp_path, monkeypatch):
+    model, cache, _ = _repo(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(self, *a, **k):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.warns(UserWarning, match="Couldn't connect to the Hub: no route to host"):
+        loaded = TinyNet.from_pretrained(REPO, subfolder="unet", cache_dir=cache)
+    assert_same_state(model, loaded)

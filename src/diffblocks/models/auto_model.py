@@ -157,10 +157,12 @@ class AutoModel(ConfigMixin):
             model = _load_transformers(model_cls, path, subfolder, dict(kwargs), hub)
         else:
             model = model_cls.from_pretrained(path, subfolder=subfolder, **kwargs)
-        try:
-            model._diffblocks_load_id = make_load_id(path, subfolder, variant, revision)
-        except (AttributeError, TypeError):  # pragma: no cover - objects refusing new attributes
-            pass
+        load_id = make_load_id(path, subfolder, variant, revision)
+        for attr in ("_diffblocks_load_id", "_diffusers_load_id"):  # diffusers scripts read the second spelling
+            try:
+                setattr(model, attr, load_id)
+            except (AttributeError, TypeError):  # pragma: no cover - objects refusing new attributes
+                break
         return model
 
     @classmethod

@@ -283,7 +283,7 @@ class ModelMixin(torch.nn.Module):
         config = cls.load_config(folder)
         files = W.find_weight_files(folder, variant=variant, use_safetensors=use_safetensors)
         state_dict = W.load_weight_files(files.files)
-        if files.index_file is None and hasattr(cls, "_convert_state_dict_keys"):
+        if hasattr(cls, "_convert_state_dict_keys"):
             state_dict = cls._convert_state_dict_keys(state_dict)
 
         if low_cpu_mem_usage:

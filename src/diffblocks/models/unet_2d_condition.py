@@ -534,7 +534,9 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
             else:
                 sample, res = block(hidden_states=sample, temb=emb)
                 if intrablock:
+                    # the block's last skip is its output: the adapter residual reaches both (as in diffusers)
                     sample = sample + intrablock.pop(0)
+                    res = res[:-1] + (sample,)
             skips += res
 
         if is_controlnet:

@@ -553,3 +553,34 @@ def test_run_blocks_uses_the_pipeline_as_components(tiny_classes, tiny_folder):
     assert state.get("scale") == 2.0  # declared default filled in
     state = pipe.run_blocks(Denoise(), x=x, scale=0.5)
     assert torch.allclose(state.get("y"), expected / 4)
+
+
+def test_assigning_to_a_null_component_registers_it(tiny_classes, tiny_folder, tmp_path):
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    assert tuple(pipe.config.image_encoder) == (None, None)
+    pipe.image_encoder = OtherDenoiser()  # diffusers (quirk) would leave the entry null and not save it
+    assert pipe.config.image_encoder == ("diffusers", "OtherDenoiser")
+    pipe.save_pretrained(str(tmp_path / "x"))
+    again = DiffusionPipeline.from_pretrained(str(tmp_path / "x"))
+    assert isinstance(again.image_encoder, OtherDenoiser)
+    pipe.image_encoder = None
+    assert tuple(pipe.config.image_encoder) == (None, None)
+    # like diffusers, setting a name that is only a config key (not yet an attribute) does not touch the config
+    pipe.requires_safety_checker = True
+    assert pipe.config.requires_safety_checker is False
+
+
+def test_save_into_existing_folder_drops_stale_shards(tiny_classes, tiny_folder, tmp_path):
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    folder = str(tmp_path / "sharded")
+    pipe.save_pretrained(folder, max_shard_size=1000)
+    unet_files = os.listdir(os.path.join(folder, "unet"))
+    assert "diffusion_pytorch_model.safetensors.index.json" in unet_files
+    assert any("-of-" in f for f in unet_files)
+    pipe.to(torch.float16).save_pretrained(folder, variant="fp16")
+    pipe.to(torch.float32).save_pretrained(folder)  # unsharded now: old shards and index must go, fp16 stays
+    unet_files = sorted(os.listdir(os.path.join(folder, "unet")))
+    assert unet_files == ["config.json", "diffusion_pytorch_model.fp16.safetensors",
+                          "diffusion_pytorch_model.safetensors"]
+    again = DiffusionPipeline.from_pretrained(folder)
+    assert _same_weights(again.unet, pipe.unet)

@@ -73,6 +73,7 @@ else:  # pragma: no cover
 
 
 MODEL_INDEX_NAME = "model_index.json"
+_SIGNATURE_CACHE: Dict[Tuple[type, type, Tuple[str, ...]], Tuple[Tuple[str, ...], Tuple[str, ...]]] = {}
 #: libraries in model_index.json that name diffblocks' own classes (besides pipeline sub-module names)
 _OWN_LIBRARIES = ("diffusers", "diffblocks")
 #: transformers class names renamed since the folders were written
@@ -352,11 +353,9 @@ class DiffusionPipeline(ConfigMixin):
         if internal is not None and name in self.__dict__ and name in internal:
             current = internal[name]
             if isinstance(current, (list, tuple)) and len(current) == 2:
-                if value is not None and current[0] is not None:
-                    entry = class_library_tuple(value)
-                else:
-                    entry = (None, None)
-                self.register_to_config(**{name: entry})
+                # a component: record the new object's (library, class); unlike diffusers this also works when
+                # the entry was null, so `pipe.safety_checker = checker` is saved with the pipeline
+                self.register_to_config(**{name: class_library_tuple(value)})
             else:
                 self.register_to_config(**{name: value})
         object.__setattr__(self, name, value)
@@ -366,16 +365,22 @@ class DiffusionPipeline(ConfigMixin):
         """(expected component names, optional setting names) of ``obj.__init__``, both sorted.
 
         Parameters without a default, plus defaulted ones listed in ``_optional_components``, are components."""
-        params = inspect.signature(obj.__init__).parameters
-        expected, optional = set(), set()
-        for name, param in params.items():
-            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            if param.default is inspect.Parameter.empty or name in cls._optional_components:
-                expected.add(name)
-            else:
-                optional.add(name)
-        return sorted(expected), sorted(optional)
+        klass = obj if isinstance(obj, type) else type(obj)
+        key = (cls, klass, tuple(cls._optional_components))
+        cached = _SIGNATURE_CACHE.get(key)
+        if cached is None:
+            params = inspect.signature(klass.__init__).parameters
+            expected, optional = set(), set()
+            for name, param in params.items():
+                if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                    continue
+                if param.default is inspect.Parameter.empty or name in cls._optional_components:
+                    expected.add(name)
+                else:
+                    optional.add(name)
+            cached = (tuple(sorted(expected)), tuple(sorted(optional)))
+            _SIGNATURE_CACHE[key] = cached
+        return list(cached[0]), list(cached[1])
 
     @classmethod
     def _get_signature_types(cls) -> Dict[str, Tuple[type, ...]]:
@@ -418,12 +423,9 @@ class DiffusionPipeline(ConfigMixin):
 
     def _module_items(self) -> List[Tuple[str, torch.nn.Module]]:
         """(name, nn.Module) components in sorted name order."""
-        items = []
-        for name in sorted(self._get_signature_keys(self)[0]):
-            value = getattr(self, name, None)
-            if _is_module(value):
-                items.append((name, value))
-        return items
+        names = self._get_signature_keys(self)[0]
+        attrs = self.__dict__
+        return [(n, attrs[n]) for n in names if isinstance(attrs.get(n), torch.nn.Module)]
 
     # -------------------------------------------------------------------------------- device / dtype
     def to(self, *args: Any, **kwargs: Any) -> "DiffusionPipeline":
@@ -508,11 +510,12 @@ class DiffusionPipeline(ConfigMixin):
     def _execution_device(self) -> torch.device:
         """Where computations run: the ``_diffblocks_execution_device`` set by offload hooks on a model
         component (first in ``model_cpu_offload_seq`` order), else :attr:`device`."""
-        order = (self.model_cpu_offload_seq or "").split("->")
-        names = [n for n in order if n] + [n for n, _ in self._module_items() if n not in order]
-        for name in names:
-            module = getattr(self, name, None)
-            exec_device = getattr(module, "_diffblocks_execution_device", None) if module is not None else None
+        modules = self._module_items()
+        if self.model_cpu_offload_seq:
+            order = {n: i for i, n in enumerate(self.model_cpu_offload_seq.split("->"))}
+            modules = sorted(modules, key=lambda item: order.get(item[0], len(order)))
+        for _, module in modules:
+            exec_device = module.__dict__.get("_diffblocks_execution_device")
             if exec_device is not None:
                 return torch.device(exec_device)
         return self.device

@@ -18,22 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from .configuration import ConfigMixin, register_to_config
+from .utils.image_utils import PIL_INTERPOLATION
 from .utils.image_utils import numpy_to_pil as _numpy_to_pil
 
 PipelineImageInput = Union[
     PIL.Image.Image, np.ndarray, torch.Tensor, List[PIL.Image.Image], List[np.ndarray], List[torch.Tensor]
 ]
-
-#: resample names accepted by ``VaeImageProcessor(resample=...)``
-PIL_INTERPOLATION = {
-    "linear": PIL.Image.Resampling.BILINEAR,
-    "bilinear": PIL.Image.Resampling.BILINEAR,
-    "bicubic": PIL.Image.Resampling.BICUBIC,
-    "lanczos": PIL.Image.Resampling.LANCZOS,
-    "nearest": PIL.Image.Resampling.NEAREST,
-    "box": PIL.Image.Resampling.BOX,
-    "hamming": PIL.Image.Resampling.HAMMING,
-}
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 RESIZE_MODES = ("default", "fill", "crop")

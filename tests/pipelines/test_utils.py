@@ -139,3 +139,14 @@ def test_export_to_gif(tmp_path):
     os.remove(tmp)
     with pytest.raises(ValueError, match="`fps`"):
         export_to_gif(frames, fps=0)
+
+
+def test_utils_table_resolves_every_name():
+    import diffblocks.utils as utils
+
+    for name in utils.__all__:
+        assert getattr(utils, name) is not None, name
+    from diffblocks.utils.torch_utils import randn_tensor as direct
+
+    assert utils.randn_tensor is direct  # the diffusers import path `utils.torch_utils.randn_tensor` works too
+    assert utils.PIL_INTERPOLATION["lanczos"] == PIL.Image.Resampling.LANCZOS

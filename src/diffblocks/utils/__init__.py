@@ -1,4 +1,4 @@
-"""User-facing helpers: ``load_image``, ``make_image_grid``, ``export_to_gif`` (lazy)."""
+"""User-facing helpers: ``load_image``, ``make_image_grid``, ``export_to_gif``, ``randn_tensor``, ... (lazy)."""
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -8,6 +8,8 @@ _EXPORTS = {
     "pt_to_pil": ".image_utils",
     "numpy_to_pil": ".image_utils",
     "randn_tensor": ".torch_utils",
+    "PIL_INTERPOLATION": ".image_utils",
+    "BaseOutput": "..models.outputs",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

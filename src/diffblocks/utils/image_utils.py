@@ -11,6 +11,17 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+#: resample filter names (as used by ``VaeImageProcessor(resample=...)``) -> PIL filters
+PIL_INTERPOLATION = {
+    "linear": PIL.Image.Resampling.BILINEAR,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+    "nearest": PIL.Image.Resampling.NEAREST,
+    "box": PIL.Image.Resampling.BOX,
+    "hamming": PIL.Image.Resampling.HAMMING,
+}
+
 #: seconds before an image download gives up
 REQUEST_TIMEOUT = float(os.environ.get("DIFFBLOCKS_REQUEST_TIMEOUT", "60"))
 

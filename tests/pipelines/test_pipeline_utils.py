@@ -128,6 +128,9 @@ def test_variants(tiny_classes, tiny_folder, tmp_path):
     ref = DiffusionPipeline.from_pretrained(folder)
     assert fp16.unet.dtype == torch.float16
     assert _same_weights(fp16.unet, ref.unet.half())
+    # without torch_dtype the fp16 variant is converted to float32, for every kind of model
+    up = DiffusionPipeline.from_pretrained(folder, variant="fp16")
+    assert up.unet.dtype == torch.float32 and up.text_encoder.dtype == torch.float32
     # the default weights are still the original ones
     assert DiffusionPipeline.from_pretrained(folder).unet.dtype == torch.float32
     with pytest.raises(ValueError, match="but no such modeling files are available.*non_ema|non_ema.*but no such"):

@@ -1210,8 +1210,9 @@ def _load_component(
         _check_plain_weights_exist(name, path, variant)
     if module_name.startswith("transformers"):
         if is_torch:
-            if torch_dtype is not None:
-                kwargs["dtype"] = torch_dtype
+            # transformers 5 keeps the checkpoint's dtype when none is given; diffblocks models load float32 by
+            # default (the seed: "fp16 weights are converted to the default fp32 precision"): same rule for both
+            kwargs["dtype"] = torch_dtype if torch_dtype is not None else torch.float32
             if variant is not None:
                 kwargs["variant"] = variant
             if use_safetensors is not None:

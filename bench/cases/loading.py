@@ -61,6 +61,14 @@ CASES = [
         "impls": ["diffblocks", "diffusers"],
         "description": "peak RSS growth of the previous case, diffblocks vs diffusers.",
     },
+    {
+        "name": "tiny_unet_from_pretrained",
+        "unit": "ms",
+        "target": 1.0,
+        "impls": ["diffblocks", "diffusers"],
+        "description": "mean of 5 UNet2DConditionModel.from_pretrained calls on the tiny SD unet (per-call overhead: "
+                       "config, file lookup, construction, assignment), after one warm-up call.",
+    },
 ]
 
 
@@ -139,7 +147,33 @@ def touch(model) -> float:
     return total
 
 
+def tiny_unet_folder() -> str:
+    folder = os.path.join(os.path.dirname(WORK), "tiny_sd")
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+        from tests.fixtures.tiny import build_tiny_sd_folder
+
+        build_tiny_sd_folder(folder + ".tmp")
+        os.replace(folder + ".tmp", folder)
+    return os.path.join(folder, "unet")
+
+
+def run_tiny(impl: str) -> float:
+    folder = tiny_unet_folder()
+    if impl == "diffblocks":
+        from diffblocks import UNet2DConditionModel
+    else:
+        from diffusers import UNet2DConditionModel
+    UNet2DConditionModel.from_pretrained(folder)
+    start = time.perf_counter()
+    for _ in range(5):
+        UNet2DConditionModel.from_pretrained(folder)
+    return (time.perf_counter() - start) / 5 * 1000.0
+
+
 def run(case: str, impl: str) -> float:
+    if case == "tiny_unet_from_pretrained":
+        return run_tiny(impl)
     folder = ensure_checkpoint()
     path = weights_file()
     if impl in ("diffblocks", "diffusers"):

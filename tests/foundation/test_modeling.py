@@ -73,8 +73,13 @@ def test_meta_construction_does_not_initialise(tmp_path, monkeypatch):
         return real(self)
 
     monkeypatch.setattr(torch.nn.Linear, "reset_parameters", spy)
+    original = torch.nn.init.kaiming_uniform_
     TinyNet.from_pretrained(tmp_path)
     assert calls and set(calls) == {"meta"}
+    assert torch.nn.init.kaiming_uniform_ is original  # init functions are restored
+    with pytest.raises(TypeError):
+        TinyNet.from_pretrained(tmp_path, dim="eight")  # construction fails inside the no-init block
+    assert torch.nn.init.kaiming_uniform_ is original
 
 
 def test_config_overrides_and_loading_info(tmp_path):
@@ -306,3 +311,18 @@ def test_saved_files_have_normal_permissions(tmp_path):
         os.umask(old)
     assert os.stat(tmp_path / "m").st_mode & 0o777 == 0o755
     assert {os.stat(tmp_path / "m" / f).st_mode & 0o777 for f in os.listdir(tmp_path / "m")} == {0o644}
+
+
+def test_modules_with_load_hooks_go_through_load_state_dict(tmp_path):
+    seen = []
+
+    class Hooked(TinyNet):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.norm._register_load_state_dict_pre_hook(lambda sd, prefix, *rest: seen.append(prefix))
+
+    make_tiny().save_pretrained(tmp_path)
+    model = Hooked.from_pretrained(tmp_path)
+    assert seen == ["norm."]
+    assert_same_state(make_tiny(), model)
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in model.parameters())

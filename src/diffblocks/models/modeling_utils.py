@@ -7,6 +7,7 @@ safetensors weights stay memory-mapped when no dtype change is asked.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -287,7 +288,7 @@ class ModelMixin(torch.nn.Module):
             state_dict = cls._convert_state_dict_keys(state_dict)
 
         if low_cpu_mem_usage:
-            with torch.device("meta"):
+            with torch.device("meta"), _skip_init():
                 model = cls.from_config(config, **kwargs)
         else:
             model = cls.from_config(config, **kwargs)
@@ -312,6 +313,28 @@ class ModelMixin(torch.nn.Module):
     # ------------------------------------------------------------------ misc
     def _init_non_persistent_buffers(self) -> None:  # pragma: no cover - overridden by models that need it
         """Recompute buffers that are not stored in checkpoints (called after meta-device loading)."""
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Turn the in-place ``torch.nn.init`` functions into no-ops (the values are replaced by the checkpoint)."""
+    import torch.nn.init as init
+
+    names = [n for n in ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+                         "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+                         "orthogonal_", "sparse_") if hasattr(init, n)]
+    saved = {n: getattr(init, n) for n in names}
+
+    def _keep(tensor, *args, **kwargs):
+        return tensor
+
+    for n in names:
+        setattr(init, n, _keep)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
 
 
 def _current_umask() -> int:
@@ -421,7 +444,8 @@ def _assign_state_dict(
                 tensor = tensor.to(target)
         to_load[key] = tensor
     if meta:
-        model.load_state_dict(to_load, strict=False, assign=True)
+        if not _assign_directly(model, to_load):
+            model.load_state_dict(to_load, strict=False, assign=True)
     else:
         with torch.no_grad():
             model.load_state_dict(to_load, strict=False)
@@ -431,6 +455,34 @@ def _assign_state_dict(
         "mismatched_keys": mismatched,
         "error_msgs": [],
     }
+
+
+def _assign_directly(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> bool:
+    """Put ``state``'s tensors in place without ``load_state_dict``'s per-module machinery.
+
+    Only used when no module customises state-dict loading (hooks or an overridden ``_load_from_state_dict``);
+    returns False (nothing changed) otherwise, and the caller falls back to ``load_state_dict(assign=True)``.
+    """
+    base = torch.nn.Module._load_from_state_dict
+    modules = dict(model.named_modules())
+    for m in modules.values():
+        if type(m)._load_from_state_dict is not base or m._load_state_dict_pre_hooks or \
+                getattr(m, "_load_state_dict_post_hooks", None):
+            return False
+    plan = []
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if module is None or (leaf not in module._parameters and leaf not in module._buffers):
+            return False
+        plan.append((module, leaf, tensor))
+    for module, leaf, tensor in plan:
+        old = module._parameters.get(leaf)
+        if old is not None:
+            module._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+        else:
+            module._buffers[leaf] = tensor
+    return True
 
 
 def _finish_meta_model(model: torch.nn.Module) -> None:

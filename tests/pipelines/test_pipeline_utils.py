@@ -587,3 +587,45 @@ def test_save_into_existing_folder_drops_stale_shards(tiny_classes, tiny_folder,
                           "diffusion_pytorch_model.safetensors"]
     again = DiffusionPipeline.from_pretrained(folder)
     assert _same_weights(again.unet, pipe.unet)
+
+
+def test_sd1_folder_with_safety_checker_and_feature_extractor(tiny_sd_folder, tmp_path):
+    """SD 1.x layout: ["stable_diffusion", "StableDiffusionSafetyChecker"] + CLIPImageProcessor, both directions."""
+    import diffusers
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker as RefChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from diffblocks import StableDiffusionSafetyChecker
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                         vocab_size=100, max_position_embeddings=16),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    checker = RefChecker(config).eval()
+    extractor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    ref = diffusers.DiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=checker,
+                                                      feature_extractor=extractor, requires_safety_checker=True)
+    ref.save_pretrained(str(tmp_path / "theirs"))
+    data = _index(str(tmp_path / "theirs"))
+    assert data["safety_checker"] == ["stable_diffusion", "StableDiffusionSafetyChecker"]
+
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "theirs"), torch_dtype=torch.float16)
+    assert isinstance(pipe.safety_checker, StableDiffusionSafetyChecker)
+    assert pipe.safety_checker.dtype == torch.float16
+    assert pipe.config.safety_checker == ("stable_diffusion", "StableDiffusionSafetyChecker")
+    assert pipe.config.feature_extractor == ("transformers", "CLIPImageProcessor")
+    sd_ref = checker.state_dict()
+    for key, value in pipe.safety_checker.state_dict().items():
+        assert torch.equal(value.float(), sd_ref[key].half().float()), key
+
+    pipe.to(torch.float32).save_pretrained(str(tmp_path / "ours"))
+    data = _index(str(tmp_path / "ours"))
+    assert data["safety_checker"] == ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    assert data["feature_extractor"] == ["transformers", "CLIPImageProcessor"]
+    back = diffusers.DiffusionPipeline.from_pretrained(str(tmp_path / "ours"))
+    assert type(back.safety_checker).__name__ == "StableDiffusionSafetyChecker"
+    assert type(back.feature_extractor).__name__.startswith("CLIPImageProcessor")

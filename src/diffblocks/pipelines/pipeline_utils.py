@@ -1203,12 +1203,11 @@ def _load_component(
             "the loading methods defined (from_pretrained on a diffblocks model, scheduler or pipeline, or a "
             "transformers model, tokenizer or processor)."
         )
-    module_name = component_class.__module__ or ""
     is_torch = issubclass(component_class, torch.nn.Module)
     kwargs: Dict[str, Any] = {}
     if is_torch:
         _check_plain_weights_exist(name, path, variant)
-    if module_name.startswith("transformers"):
+    if _is_transformers_class(component_class):  # incl. diffblocks' own PreTrainedModel subclasses
         if is_torch:
             # transformers 5 keeps the checkpoint's dtype when none is given; diffblocks models load float32 by
             # default (the seed: "fp16 weights are converted to the default fp32 precision"): same rule for both
@@ -1226,6 +1225,19 @@ def _load_component(
         )
     logger.debug("Loading %s (%s) from %s with %s", name, component_class.__name__, path, kwargs)
     return load(path, **kwargs)
+
+
+def _is_transformers_class(cls: type) -> bool:
+    if (cls.__module__ or "").startswith("transformers"):
+        return True
+    if "transformers" not in sys.modules:
+        return False
+    import transformers
+
+    bases = tuple(getattr(transformers, n) for n in ("PreTrainedModel", "PreTrainedTokenizerBase",
+                                                     "ImageProcessingMixin", "FeatureExtractionMixin",
+                                                     "ProcessorMixin") if hasattr(transformers, n))
+    return issubclass(cls, bases)
 
 
 def _check_plain_weights_exist(name: str, path: str, variant: Optional[str]) -> None:

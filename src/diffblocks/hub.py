@@ -381,7 +381,8 @@ def resolve_folder(
         patterns = list(allow_patterns) if allow_patterns is not None else None
     wanted = filter_files(files, patterns, ignore_patterns)
     snapshot = os.path.join(_repo_cache_folder(name, cache_dir), "snapshots", commit) if commit else None
-    if snapshot and not force_download and all(os.path.isfile(os.path.join(snapshot, f)) for f in wanted):
+    if snapshot and os.path.isdir(snapshot) and not force_download and \
+            all(os.path.isfile(os.path.join(snapshot, f)) for f in wanted):
         logger.debug("All %d selected files of %s are cached in %s", len(wanted), name, snapshot)
         return snapshot
     if offline or from_cache:
@@ -394,7 +395,7 @@ def resolve_folder(
 
     try:
         return snapshot_download(
-            name, revision=commit or revision, cache_dir=cache_dir, token=token, allow_patterns=wanted or patterns,
+            name, revision=commit or revision, cache_dir=cache_dir, token=token, allow_patterns=wanted if wanted else patterns,
             force_download=force_download,
         )
     except Exception as err:  # noqa: BLE001

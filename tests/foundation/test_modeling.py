@@ -326,3 +326,15 @@ def test_modules_with_load_hooks_go_through_load_state_dict(tmp_path):
     assert seen == ["norm."]
     assert_same_state(make_tiny(), model)
     assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in model.parameters())
+
+
+def test_resave_into_the_folder_the_weights_are_mapped_from(tmp_path):
+    make_tiny().save_pretrained(tmp_path)
+    loaded = TinyNet.from_pretrained(tmp_path)  # parameters are views of the mapped file
+    with torch.no_grad():
+        loaded.layers[0].weight.add_(1.0)  # private mapping: the file does not change
+    assert_same_state(make_tiny(), TinyNet.from_pretrained(tmp_path))
+    loaded.save_pretrained(tmp_path)  # new file replaces the mapped one; the mapping stays valid
+    again = TinyNet.from_pretrained(tmp_path)
+    assert torch.equal(again.layers[0].weight, make_tiny().layers[0].weight + 1.0)
+    assert torch.equal(loaded.layers[1].weight, make_tiny().layers[1].weight)

@@ -629,3 +629,31 @@ def test_sd1_folder_with_safety_checker_and_feature_extractor(tiny_sd_folder, tm
     back = diffusers.DiffusionPipeline.from_pretrained(str(tmp_path / "ours"))
     assert type(back.safety_checker).__name__ == "StableDiffusionSafetyChecker"
     assert type(back.feature_extractor).__name__.startswith("CLIPImageProcessor")
+
+
+def test_offload_gpu_id_is_remembered(tiny_classes, tiny_folder, caplog):
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    pipe.enable_model_cpu_offload(gpu_id=5, device="cuda")  # no CUDA needed until a model runs
+    assert pipe._offload_gpu_id == 5 and pipe._offload_device == torch.device("cuda", 5)
+    assert pipe._execution_device == torch.device("cuda", 5)
+    pipe.maybe_free_model_hooks()
+    assert pipe._offload_gpu_id == 5
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        pipe.to("meta")  # any non-CPU move of an offloaded pipeline is discouraged
+    assert "It is strongly recommended against doing so" in caplog.text
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    pipe.enable_sequential_cpu_offload(device="cuda:1")
+    with pytest.raises(ValueError, match="activated sequential model offloading"):
+        pipe.to("cuda")
+    pipe.remove_all_hooks()
+    assert pipe._execution_device == torch.device("cpu")
+
+
+def test_transformers_renamed_class():
+    from transformers import CLIPImageProcessor
+
+    from diffblocks.pipelines.pipeline_utils import class_library_tuple, resolve_class
+
+    assert resolve_class("transformers", "CLIPFeatureExtractor") is CLIPImageProcessor
+    assert class_library_tuple(CLIPImageProcessor()) == ("transformers", "CLIPImageProcessor")
+    assert class_library_tuple(None) == (None, None)

@@ -126,14 +126,7 @@ class LCMScheduler(AlphaNoiseMixin, SchedulerMixin, ConfigMixin):
             raise ValueError("Must pass exactly one of `num_inference_steps` or `custom_timesteps`.")
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
-        original = original_inference_steps if original_inference_steps is not None else cfg.original_inference_steps
-        if original > cfg.num_train_timesteps:
-            raise ValueError(
-                f"`original_steps`: {original} cannot be larger than `self.config.train_timesteps`: "
-                f"{cfg.num_train_timesteps} as the unet model trained with this scheduler can only handle maximal "
-                f"{cfg.num_train_timesteps} timesteps."
-            )
-        origin = distilled_timesteps(cfg.num_train_timesteps, original, strength)
+        origin, original = self._origin_timesteps(original_inference_steps, strength)
         if timesteps is not None:
             ts = [int(t) for t in timesteps]
             known = set(origin.tolist())
@@ -150,7 +143,7 @@ class LCMScheduler(AlphaNoiseMixin, SchedulerMixin, ConfigMixin):
                 logger.warning(f"The custom timestep schedule contains the following timesteps which are not on the "
                                f"original training/distillation timestep schedule: {foreign}. You may get unexpected "
                                "results when using this timestep schedule.")
-            if len(ts) > original:
+            if original is not None and len(ts) > original:
                 logger.warning(f"The number of timesteps in the custom timestep schedule is {len(ts)}, which exceeds "
                                f"the the length of the timestep schedule used for training: {original}. You may get "
                                "some unexpected results when using this timestep schedule.")
@@ -161,14 +154,14 @@ class LCMScheduler(AlphaNoiseMixin, SchedulerMixin, ConfigMixin):
             arr = arr[max(self.num_inference_steps - keep, 0) * self.order:]
         else:
             n = check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
-            if len(origin) // n < 1:
+            if original is not None and len(origin) // n < 1:
                 raise ValueError(
                     f"The combination of `original_steps x strength`: {original} x {strength} is smaller than "
                     f"`num_inference_steps`: {n}. Make sure to either reduce `num_inference_steps` to a value smaller "
                     f"than {int(original * strength)} or increase `strength` to a value higher than {float(n / original)}."
                 )
             self.num_inference_steps = n
-            if n > original:
+            if original is not None and n > original:
                 raise ValueError(
                     f"`num_inference_steps`: {n} cannot be larger than `original_inference_steps`: {original} because "
                     "the final timestep schedule will be a subset of the `original_inference_steps`-sized initial "
@@ -181,6 +174,17 @@ class LCMScheduler(AlphaNoiseMixin, SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(arr).to(device=device, dtype=torch.long)
         self._step_index = None
         self._begin_index = None
+
+    def _origin_timesteps(self, original_inference_steps: Optional[int], strength: float):
+        cfg = self.config
+        original = original_inference_steps if original_inference_steps is not None else cfg.original_inference_steps
+        if original > cfg.num_train_timesteps:
+            raise ValueError(
+                f"`original_steps`: {original} cannot be larger than `self.config.train_timesteps`: "
+                f"{cfg.num_train_timesteps} as the unet model trained with this scheduler can only handle maximal "
+                f"{cfg.num_train_timesteps} timesteps."
+            )
+        return distilled_timesteps(cfg.num_train_timesteps, original, strength), original
 
     def get_scalings_for_boundary_condition_discrete(self, timestep):
         """(c_skip, c_out) of the consistency parameterisation at ``timestep`` (sigma_data = 0.5)."""

@@ -111,3 +111,20 @@ def test_real_model_both_directions(tmp_path, name, config):
     ours.save_pretrained(tmp_path / "ours")
     back = theirs_cls.from_pretrained(tmp_path / "ours")
     assert_same_state(theirs, back)
+
+
+@pytest.mark.parametrize("name,config", [("UNet2DConditionModel", tiny_unet_config("sdxl")),
+                                         ("UNet2DConditionModel", tiny_unet_config("sd2")),
+                                         ("AutoencoderKL", tiny_vae_config("sdxl"))])
+def test_model_config_json_matches_diffusers(tmp_path, name, config):
+    ours_cls = _diffblocks_class(name)
+    ours_cls(**config).save_config(tmp_path / "ours")
+    getattr(diffusers, name)(**config).save_config(tmp_path / "theirs")
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "config.json").read_text())
+    ours.pop("_diffusers_version"), theirs.pop("_diffusers_version")
+    assert ours == theirs
+    # and diffusers reads ours back to the same dict
+    read = getattr(diffusers, name).load_config(tmp_path / "ours")
+    read.pop("_diffusers_version")
+    assert read == theirs

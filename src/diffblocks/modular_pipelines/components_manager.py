@@ -632,16 +632,17 @@ class ComponentsManager:
             return next(iter(found.values()))
 
     def get_ids(self, names: Union[str, Sequence[str], None] = None, collection: Optional[str] = None) -> List[str]:
-        """Ids of components whose base name is one of ``names`` (exact), optionally within ``collection``."""
+        """Ids of components whose base name is one of ``names`` (exact), optionally within ``collection``, in the
+        order of ``names``."""
         if names is None or isinstance(names, str):
             names = [names]  # type: ignore[list-item]
         elif not isinstance(names, (list, tuple, set)):
             raise TypeError(f"`names` must be a str or a list of str, got {type(names).__name__}")
         with self._lock:
-            ids: Set[str] = set()
-            for n in names:
-                ids |= self._lookup_ids(name=n, collection=collection)
-            return self._ordered(ids)
+            ids: List[str] = []
+            for n in names:  # in the order of `names` (then registration order)
+                ids += [i for i in self._ordered(self._lookup_ids(name=n, collection=collection)) if i not in ids]
+            return ids
 
     def get_components_by_ids(self, ids: Sequence[str], return_dict_with_names: bool = True) -> Dict[str, Any]:
         """``{name: obj}`` (or ``{id: obj}``) for the given ids; an unknown id raises KeyError."""

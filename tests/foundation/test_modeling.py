@@ -42,7 +42,7 @@ def test_roundtrip_bit_exact(tmp_path, variant, dtype, shard, safe):
     loaded = TinyNet.from_pretrained(tmp_path, variant=variant, torch_dtype=dtype)
     assert_same_state(model, loaded)
     assert loaded.dtype == (dtype or torch.float32)
-    assert torch.equal(loaded.freqs, torch.linspace(0, 1, 8))  # non-persistent buffer rebuilt by the hook
+    assert torch.equal(loaded.freqs, torch.linspace(0, 1, 8, dtype=dtype or torch.float32))  # rebuilt by the hook
     assert not loaded.training
     assert loaded.config._name_or_path == str(tmp_path)
 
@@ -281,8 +281,10 @@ def test_keep_in_fp32_modules(tmp_path):
         _keep_in_fp32_modules = ["norm"]
 
     make_tiny().save_pretrained(tmp_path)
-    m = Keep.from_pretrained(tmp_path, torch_dtype=torch.float16)
-    assert m.norm.weight.dtype == torch.float32 and m.layers[0].weight.dtype == torch.float16
+    for low_mem in (True, False):
+        m = Keep.from_pretrained(tmp_path, torch_dtype=torch.float16, low_cpu_mem_usage=low_mem)
+        assert m.norm.weight.dtype == torch.float32 and m.layers[0].weight.dtype == torch.float16
+        assert torch.equal(m.norm.weight, make_tiny().norm.weight)
 
 
 def test_buffer_without_hook_left_on_meta_is_an_error(tmp_path):
@@ -338,3 +340,13 @@ def test_resave_into_the_folder_the_weights_are_mapped_from(tmp_path):
     again = TinyNet.from_pretrained(tmp_path)
     assert torch.equal(again.layers[0].weight, make_tiny().layers[0].weight + 1.0)
     assert torch.equal(loaded.layers[1].weight, make_tiny().layers[1].weight)
+
+
+def test_buffers_built_in_requested_dtype_and_default_restored(tmp_path):
+    make_tiny().save_pretrained(tmp_path)
+    m = TinyNet.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert m.freqs.dtype == torch.bfloat16 and m.steps.dtype == torch.int64
+    assert torch.get_default_dtype() == torch.float32
+    m = TinyNet.from_pretrained(tmp_path, torch_dtype=torch.float16, low_cpu_mem_usage=False)
+    assert m.freqs.dtype == torch.float16 and m.layers[0].weight.dtype == torch.float16
+    assert torch.get_default_dtype() == torch.float32

@@ -287,18 +287,26 @@ class ModelMixin(torch.nn.Module):
         if hasattr(cls, "_convert_state_dict_keys"):
             state_dict = cls._convert_state_dict_keys(state_dict)
 
+        # like diffusers, the model is built with the requested dtype as default dtype, so tensors created in
+        # ``__init__`` (e.g. non-persistent buffers) get it too
         if low_cpu_mem_usage:
-            with torch.device("meta"), _skip_init():
+            with torch.device("meta"), _skip_init(), _default_dtype(torch_dtype):
                 model = cls.from_config(config, **kwargs)
         else:
-            model = cls.from_config(config, **kwargs)
+            with _default_dtype(torch_dtype):
+                model = cls.from_config(config, **kwargs)
+            if torch_dtype is not None:
+                for name, module in model.named_modules():
+                    if name and _keep_fp32(model, name):
+                        module.to(torch.float32)
         info = _assign_state_dict(
             model, state_dict, path=folder, dtype=torch_dtype, meta=low_cpu_mem_usage,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
         )
         del state_dict
         if low_cpu_mem_usage:
-            _finish_meta_model(model)
+            with _default_dtype(torch_dtype):
+                _finish_meta_model(model)
         if torch_dtype is not None and not low_cpu_mem_usage:
             _cast_model(model, torch_dtype)
         if device is not None and device.type != "cpu":
@@ -335,6 +343,19 @@ def _skip_init():
     finally:
         for n, fn in saved.items():
             setattr(init, n, fn)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: Optional[torch.dtype]):
+    if dtype is None:
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _current_umask() -> int:

@@ -128,3 +128,23 @@ def test_model_config_json_matches_diffusers(tmp_path, name, config):
     read = getattr(diffusers, name).load_config(tmp_path / "ours")
     read.pop("_diffusers_version")
     assert read == theirs
+
+
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+
+
+@pytest.mark.slow
+def test_full_size_sd15_unet_checkpoint_loads_bit_exact(tmp_path):
+    """A diffusers-written SD 1.5-size UNet (random weights, fp16 variant, sharded) loads bit-exactly here."""
+    ours_cls = _diffblocks_class("UNet2DConditionModel")
+    with torch.device("meta"):
+        theirs = diffusers.UNet2DConditionModel(**SD15_UNET)
+    gen = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=gen, dtype=torch.float32) * 0.02).half()
+             for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict(state, assign=True)
+    theirs.save_pretrained(tmp_path / "unet", variant="fp16", max_shard_size="500MB")
+    assert len([f for f in os.listdir(tmp_path / "unet") if f.endswith(".safetensors")]) >= 3
+    ours = ours_cls.from_pretrained(tmp_path, subfolder="unet", variant="fp16", torch_dtype=torch.float16)
+    assert ours.num_parameters() == sum(t.numel() for t in state.values()) > 850_000_000
+    assert_same_state(theirs, ours)

@@ -12,6 +12,7 @@ implementations so that machine drift hits both alike, and reports the median, m
 medians (ours / reference) against the case's target.
 
 Usage: ``python bench/run.py [--repeat 3] [--only PATTERN] [--out bench/RESULTS.md] [--list]``
+(with ``--only``, the rows of cases not re-measured are kept from the previous run, with their date).
 """
 from __future__ import annotations
 
@@ -106,9 +107,25 @@ def summarise(values: List[float]) -> Dict[str, Optional[float]]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def merge_previous(rows: List[Dict[str, Any]], path: str) -> List[Dict[str, Any]]:
+    """With ``--only``: keep the previous run's rows for the cases that were not measured this time."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return rows
+    fresh = {(r["area"], r["name"]) for r in rows}
+    kept = [r for r in previous if isinstance(r, dict) and (r.get("area"), r.get("name")) not in fresh]
+    return sorted(kept + rows, key=lambda r: (r["area"], r["name"]))
+
+
 def machine_info() -> Dict[str, str]:
     info = {
-        "date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date (UTC)": _now(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu count": str(os.cpu_count()),
@@ -143,8 +160,9 @@ def write_results(path: str, rows: List[Dict[str, Any]], info: Dict[str, str], r
         f"Written by `python bench/run.py` ({repeat} runs per implementation, each in a fresh process; "
         "median and min-max). `ratio` = median(ours) / median(reference); `met` = ratio <= target.",
         "",
-        "| area | case | unit | ours | median (min-max) | reference | median (min-max) | ratio | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| area | case | unit | ours | median (min-max) | reference | median (min-max) | ratio | target | met "
+        "| measured (UTC) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours, ref = r["stats"][0], r["stats"][1] if len(r["stats"]) > 1 else None
@@ -156,7 +174,8 @@ def write_results(path: str, rows: List[Dict[str, Any]], info: Dict[str, str], r
         lines.append(
             f"| {r['area']} | {r['name']} | {r['unit']} | {r['impls'][0]} | {cell(ours)} | "
             f"{r['impls'][1] if len(r['impls']) > 1 else '-'} | {cell(ref)} | "
-            f"{'-' if ratio is None else f'{ratio:.3f}'} | {'-' if target is None else target} | {met} |"
+            f"{'-' if ratio is None else f'{ratio:.3f}'} | {'-' if target is None else target} | {met} "
+            f"| {r.get('measured', '-')} |"
         )
     errors = [(r, e) for r in rows for e in r.get("errors", [])]
     if errors:
@@ -221,9 +240,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ratio = stats[0]["median"] / stats[1]["median"]
             rows.append({"area": area, "name": case["name"], "unit": case["unit"], "impls": impls, "stats": stats,
                          "ratio": ratio, "target": case.get("target"), "description": case.get("description"),
-                         "errors": errors, "values": values})
+                         "errors": errors, "values": values, "measured": _now()})
     if args.list:
         return 0
+    rows = merge_previous(rows, os.path.join(WORK_DIR, "results.json")) if args.only else rows
     write_results(args.out, rows, machine_info(), args.repeat)
     with open(os.path.join(WORK_DIR, "results.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2, default=str)

@@ -350,3 +350,14 @@ def test_buffers_built_in_requested_dtype_and_default_restored(tmp_path):
     m = TinyNet.from_pretrained(tmp_path, torch_dtype=torch.float16, low_cpu_mem_usage=False)
     assert m.freqs.dtype == torch.float16 and m.layers[0].weight.dtype == torch.float16
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_xformers_switches_are_harmless_noops():
+    model = make_tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="diffblocks does not use xformers"):
+        model.enable_xformers_memory_efficient_attention()
+    model.disable_xformers_memory_efficient_attention()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match="valid must be a bool"):
+        model.set_use_memory_efficient_attention_xformers("yes")

@@ -158,6 +158,27 @@ class ModelMixin(torch.nn.Module):
             if hasattr(m, "gradient_checkpointing"):
                 m.gradient_checkpointing = False
 
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Any = None) -> None:
+        """Accepted for drop-in compatibility; attention already runs through torch's fused SDPA kernels."""
+        if not isinstance(valid, bool):
+            raise TypeError(f"valid must be a bool, got {type(valid).__name__}")
+        if valid:
+            warnings.warn(
+                "diffblocks does not use xformers: attention always runs through "
+                "torch.nn.functional.scaled_dot_product_attention, which selects memory-efficient kernels itself. "
+                "The call has no effect.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """No-op with a warning (see :meth:`set_use_memory_efficient_attention_xformers`)."""
+        self.set_use_memory_efficient_attention_xformers(True, attention_op)
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """No-op (xformers is never used)."""
+        self.set_use_memory_efficient_attention_xformers(False)
+
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Number of parameters (optionally only those with ``requires_grad``, or without embedding tables)."""
         excluded = set()

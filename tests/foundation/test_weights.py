@@ -168,3 +168,18 @@ def test_legacy_variant_shards_warn_and_load(tmp_path, caplog):
         in caplog.text
     sd = W.load_weight_files(found.files)
     assert torch.equal(sd["a"], torch.ones(2)) and torch.equal(sd["b"], torch.zeros(2))
+
+
+def test_truncated_or_corrupt_safetensors_give_clear_errors(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(64)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[:-16])  # truncated data
+    with pytest.raises(EnvironmentError, match=r"entry for 'a' .* does not fit the file"):
+        W.load_safetensors(str(path))
+    path.write_bytes(data[:4])
+    with pytest.raises(EnvironmentError, match="file is too short"):
+        W.load_safetensors(str(path))
+    path.write_bytes(b"\xff" * 8 + data[8:])
+    with pytest.raises(EnvironmentError, match="corrupt header"):
+        W.load_safetensors(str(path))

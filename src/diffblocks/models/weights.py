@@ -263,6 +263,16 @@ def read_safetensors_header(path: str) -> Tuple[dict, int]:
     return header, 8 + n
 
 
+_ITEMSIZE: Dict[torch.dtype, int] = {}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    size = _ITEMSIZE.get(dtype)
+    if size is None:
+        size = _ITEMSIZE[dtype] = torch.empty((), dtype=dtype).element_size()
+    return size
+
+
 def load_safetensors(
     path: str,
     *,
@@ -295,8 +305,16 @@ def load_safetensors(
             raise EnvironmentError(f"Unsupported dtype {info.get('dtype')!r} for '{name}' in {path}") from None
         shape = list(info["shape"])
         begin, end = info["data_offsets"]
+        itemsize = _itemsize(tdtype)
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if not (0 <= begin <= end <= size - start) or end - begin != numel * itemsize:
+            raise EnvironmentError(
+                f"Unable to load weights from checkpoint file '{path}': the entry for '{name}' (shape {shape}, "
+                f"bytes {begin}-{end}) does not fit the file; the file is truncated or corrupt."
+            )
         raw = buf[start + begin: start + end]
-        itemsize = torch.empty((), dtype=tdtype).element_size()
         if (start + begin) % itemsize:
             raw = raw.clone()  # unaligned: a view of another dtype is impossible, copy this tensor
         tensor = raw.view(tdtype).reshape(shape) if raw.numel() else torch.empty(shape, dtype=tdtype)

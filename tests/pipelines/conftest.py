@@ -134,14 +134,3 @@ def tiny_folder(tmp_path_factory):
     pipe.save_pretrained(path)
     return path
 
-
-@pytest.fixture(autouse=True)
-def _only_existing_scheduler_modules(monkeypatch):
-    """TEMPORARY while the schedulers package is being written: hide table entries whose module is missing."""
-    import importlib.util
-
-    import diffblocks.schedulers as table
-
-    for name, mod in list(table._EXPORTS.items()):
-        if importlib.util.find_spec("diffblocks.schedulers" + mod) is None:
-            monkeypatch.delitem(table._EXPORTS, name)

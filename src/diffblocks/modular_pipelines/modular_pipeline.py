@@ -844,10 +844,14 @@ class ModularPipeline:
         if output is not None and not isinstance(output, (str, list, tuple)):
             raise ValueError(f"Output '{output}' is not a valid output type (expected None, a str or a list of str)")
 
-        pipeline_inputs = self._blocks.inputs
+        pipeline_inputs = self._call_inputs()
+        fresh = not state.intermediates and not state._inputs
+        user_inputs = state._inputs
         for param in pipeline_inputs:
             name = param.name
-            if name is not None and name in kwargs:
+            if fresh and param.kwargs_type is None and name is not None:
+                user_inputs[name] = kwargs.pop(name) if name in kwargs else param.default
+            elif name is not None and name in kwargs:
                 state.set_input(name, kwargs.pop(name), param.kwargs_type)
             elif name is None and param.kwargs_type and param.kwargs_type in kwargs:
                 group = kwargs.pop(param.kwargs_type)
@@ -879,6 +883,16 @@ class ModularPipeline:
         if isinstance(output, str):
             return self._get_output(state, output)
         return {name: self._get_output(state, name) for name in output}
+
+    def _call_inputs(self) -> List[InputParam]:
+        """The blocks' aggregated inputs, computed once: the pipeline's blocks are a private copy that only
+        changes if ``_blocks`` itself is edited (top-level edits are detected)."""
+        key = (id(self._blocks), tuple(map(id, self._blocks.sub_blocks.values())))
+        cached = self.__dict__.get("_call_inputs_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self._blocks.inputs)
+            self.__dict__["_call_inputs_cache"] = cached
+        return cached[1]
 
     def _get_output(self, state: PipelineState, name: str) -> Any:
         if not isinstance(name, str):

@@ -56,9 +56,14 @@ _DEFAULTED = 1  # the state had nothing: write back whatever the block ends with
 _COPIED = 2  # a private copy of a user input: write back when reassigned or modified in place
 
 
+_IMMUTABLE = (int, float, str, bool, bytes, type(None), tuple, frozenset)
+
+
 def _private_copy(value: Any) -> Tuple[Any, Any]:
     """A copy of a user input a block may modify without touching the user's object, plus a snapshot used to
     detect in-place modification. Scalars, strings, generators, PIL images and other objects are shared."""
+    if type(value) in _IMMUTABLE:
+        return value, None
     if isinstance(value, list):
         new = list(value)
         return new, tuple(map(id, new))
@@ -86,6 +91,20 @@ def _modified(value: Any, snapshot: Any) -> bool:
         return value._version != snapshot
     except (AttributeError, RuntimeError):
         return True
+
+
+def _changed(state: PipelineState, origin: Optional[Dict[str, Tuple[int, Any, Any]]], key: str, value: Any) -> bool:
+    """Whether a BlockState input value must be written back to the state."""
+    if origin is None or key not in origin:
+        return value is not state.get(key)
+    kind, handed, snapshot = origin[key]
+    if value is not handed:
+        return True
+    if kind == _DEFAULTED:
+        return value is not None
+    if kind == _COPIED:
+        return _modified(value, snapshot)
+    return False
 
 
 def _add_note(err: BaseException, note: str) -> None:
@@ -151,8 +170,17 @@ class ModularPipelineBlocks:
 
     # --- derived -----------------------------------------------------------------------------------------------
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # seed-era blocks override `intermediate_inputs`; the others skip merging it on every call
+        cls._merges_intermediate_inputs = cls.intermediate_inputs is not ModularPipelineBlocks.intermediate_inputs
+
+    _merges_intermediate_inputs = False
+
     def _declared_inputs(self) -> List[InputParam]:
         """``inputs`` followed by the ``intermediate_inputs`` not already declared (one entry per name)."""
+        if not self._merges_intermediate_inputs:
+            return list(self.inputs)
         params = list(self.inputs)
         extra = self.intermediate_inputs
         if extra:
@@ -220,7 +248,8 @@ class ModularPipelineBlocks:
         origin: Dict[str, Tuple[int, Any, Any]] = {}
         intermediates = state.intermediates
         user_inputs = state._inputs
-        for param in self._declared_inputs():
+        declared = self._declared_inputs()
+        for param in declared:
             name = param.name
             if name is not None:
                 if name in intermediates and intermediates[name] is not None:
@@ -258,15 +287,20 @@ class ModularPipelineBlocks:
                     group[key] = value
                     origin[key] = (kind, value, snapshot)
         block_state = BlockState(**data)
-        block_state.__dict__[_ORIGIN] = origin
+        block_state.__dict__[_ORIGIN] = (self, declared, origin)
         return block_state
 
     def set_block_state(self, state: PipelineState, block_state: BlockState) -> None:
         """Write the block's outputs (always) and its reassigned or modified inputs to the state's
         intermediates. The user's inputs are never changed."""
         values = block_state.__dict__
-        origin = values.get(_ORIGIN)
+        record = values.get(_ORIGIN)
+        if record is not None and record[0] is self:
+            declared, origin = record[1], record[2]
+        else:  # a BlockState built by hand or by another block: compare with the state by identity
+            declared, origin = self._declared_inputs(), None
         written: Set[str] = set()
+        intermediates = state.intermediates
         for param in self.intermediate_outputs:
             name = param.name
             if name is None:
@@ -276,28 +310,19 @@ class ModularPipelineBlocks:
                     f"Intermediate output '{name}' is missing in block state: block {type(self).__name__} declares "
                     f"it in `intermediate_outputs` but never set `block_state.{name}`."
                 )
-            state.set_intermediate(name, values[name], param.kwargs_type)
+            if param.kwargs_type is None:
+                intermediates[name] = values[name]
+            else:
+                state.set_intermediate(name, values[name], param.kwargs_type)
             written.add(name)
 
-        def changed(key: str, value: Any) -> bool:
-            if origin is None or key not in origin:
-                return value is not state.get(key)
-            kind, handed, snapshot = origin[key]
-            if value is not handed:
-                return True
-            if kind == _DEFAULTED:
-                return value is not None
-            if kind == _COPIED:
-                return _modified(value, snapshot)
-            return False
-
-        for param in self._declared_inputs():
+        for param in declared:
             name = param.name
             if name is not None:
                 if name in written or name not in values:
                     continue
                 value = values[name]
-                if changed(name, value):
+                if _changed(state, origin, name, value):
                     state.set_intermediate(name, value, param.kwargs_type)
                     written.add(name)
             elif param.kwargs_type:
@@ -305,7 +330,7 @@ class ModularPipelineBlocks:
                     if key in written or key not in values:
                         continue
                     value = values[key]
-                    if changed(key, value):
+                    if _changed(state, origin, key, value):
                         state.set_intermediate(key, value, param.kwargs_type)
                         written.add(key)
 
@@ -556,12 +581,15 @@ class _CompositeBlocks(ModularPipelineBlocks):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs: Any) -> None:
         ModularPipelineBlocks.save_pretrained(self, save_directory, push_to_hub=push_to_hub, **kwargs)
 
+    def _report_error(self, name: str, block: Any, err: BaseException) -> None:
+        logger.error(f"Error in block: ({name}, {type(block).__name__}) of {type(self).__name__}: {err!r}")
+        _add_note(err, f"  raised in block '{name}' ({type(block).__name__}) of {type(self).__name__}")
+
     def _run_sub_block(self, name: str, block: Any, *args: Any, **kwargs: Any):
         try:
             return block(*args, **kwargs)
         except Exception as e:
-            logger.error(f"Error in block: ({name}, {type(block).__name__}) of {type(self).__name__}: {e!r}")
-            _add_note(e, f"  raised in block '{name}' ({type(block).__name__}) of {type(self).__name__}")
+            self._report_error(name, block, e)
             raise
 
     # --- repr -------------------------------------------------------------------------------------------------
@@ -659,8 +687,13 @@ class SequentialPipelineBlocks(_CompositeBlocks):
         return names
 
     def __call__(self, pipeline: Any, state: PipelineState) -> Tuple[Any, PipelineState]:
-        for name, block in self.sub_blocks.items():
-            pipeline, state = self._run_sub_block(name, block, pipeline, state)
+        name = block = None
+        try:
+            for name, block in self.sub_blocks.items():
+                pipeline, state = block(pipeline, state)
+        except Exception as e:
+            self._report_error(name, block, e)
+            raise
         return pipeline, state
 
     # --- workflows ----------------------------------------------------------------------------------------------
@@ -829,17 +862,20 @@ class LoopSequentialPipelineBlocks(_CompositeBlocks):
     @property
     def inputs(self) -> List[InputParam]:
         result = self._loop_level_inputs()
+        required = {p.name for p in result if p.required}
         seen = {input_key(p) for p in result}
         produced: Set[str] = set()
         for block in self._sub_block_list():
             for param in block._declared_inputs():
+                if param.required:
+                    required.add(param.name)
                 key = input_key(param)
                 if key in seen or (param.name is not None and param.name in produced):
                     continue
                 seen.add(key)
                 result.append(param)
             produced.update(p.name for p in block.intermediate_outputs if p.name is not None)
-        return _remark_required(result, self.required_inputs)
+        return _remark_required(result, required)
 
     def _declared_inputs(self) -> List[InputParam]:
         return self.inputs
@@ -858,8 +894,13 @@ class LoopSequentialPipelineBlocks(_CompositeBlocks):
 
     def loop_step(self, components: Any, block_state: BlockState, **kwargs: Any) -> Tuple[Any, BlockState]:
         """Run every sub-block once on ``block_state``, passing ``kwargs`` (e.g. ``i``, ``t``)."""
-        for name, block in self.sub_blocks.items():
-            components, block_state = self._run_sub_block(name, block, components, block_state, **kwargs)
+        name = block = None
+        try:
+            for name, block in self.sub_blocks.items():
+                components, block_state = block(components, block_state, **kwargs)
+        except Exception as e:
+            self._report_error(name, block, e)
+            raise
         return components, block_state
 
     def __call__(self, components: Any, state: PipelineState) -> Tuple[Any, PipelineState]:

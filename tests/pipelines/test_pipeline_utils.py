@@ -657,3 +657,24 @@ def test_transformers_renamed_class():
     assert resolve_class("transformers", "CLIPFeatureExtractor") is CLIPImageProcessor
     assert class_library_tuple(CLIPImageProcessor()) == ("transformers", "CLIPImageProcessor")
     assert class_library_tuple(None) == (None, None)
+
+
+def test_compiled_component_is_recorded_and_saved_as_its_module(tiny_classes, tiny_folder, tmp_path):
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    compiled = torch.compile(pipe.unet)  # compilation itself is lazy: nothing runs here
+    pipe.unet = compiled
+    assert pipe.config.unet == ("diffusers", "TinyDenoiser")
+    pipe.save_pretrained(str(tmp_path / "c"))
+    again = DiffusionPipeline.from_pretrained(str(tmp_path / "c"))
+    assert type(again.unet) is TinyDenoiser and _same_weights(again.unet, compiled._orig_mod)
+
+
+def test_image_pipeline_output():
+    import numpy as np
+
+    from diffblocks.pipelines import ImagePipelineOutput
+
+    images = np.zeros((1, 4, 4, 3), dtype=np.float32)
+    out = ImagePipelineOutput(images=images)
+    assert out.images is images and out[0] is images and out["images"] is images
+    assert out.to_tuple()[0] is images

@@ -343,12 +343,40 @@ def draw_noise(model_output: torch.Tensor, generator: Any, dtype: Optional[torch
 
 
 # ----------------------------------------------------------------------------------------------- mixin
+def _guard_set_timesteps(method):
+    """Wrap ``set_timesteps`` so an argument the scheduler does not support is a ValueError naming it."""
+    import functools
+    import inspect
+
+    params = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return method
+    accepted = [n for n in params if n != "self"]
+
+    @functools.wraps(method)
+    def set_timesteps(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.set_timesteps does not support {', '.join(f'`{k}`' for k in unknown)}; "
+                f"it accepts: {', '.join(accepted)}."
+            )
+        return method(self, *args, **kwargs)
+
+    return set_timesteps
+
+
 class SchedulerMixin:
     """Loading/saving and class switching shared by every scheduler (used together with ``ConfigMixin``)."""
 
     config_name = SCHEDULER_CONFIG_NAME
     _compatibles: List[str] = []
     has_compatibles = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "set_timesteps" in cls.__dict__:
+            cls.set_timesteps = _guard_set_timesteps(cls.__dict__["set_timesteps"])
 
     @classmethod
     def from_pretrained(

@@ -180,8 +180,10 @@ def main() -> None:
     parser.add_argument("--impl")
     args = parser.parse_args()
     if args.list:
-        print(json.dumps([{"name": name, "unit": "ms", "target": 0.5, "impls": IMPLS, "description": desc}
-                          for name, desc in CASES.items()]))
+        # the combined case carries the target; the two parts are diagnostics (the loop alone is dominated by the
+        # blocks' own bodies and the dispatch both frameworks share, so it has no target)
+        print(json.dumps([{"name": name, "unit": "ms", "target": 0.5 if name == "modular_overhead" else None,
+                           "impls": IMPLS, "description": desc} for name, desc in CASES.items()]))
         return
     if not args.case or not args.impl:
         parser.error("--case and --impl are required unless --list")

@@ -468,3 +468,16 @@ def test_from_pretrained_workflow_and_class_resolution(tmp_path):
         ModularPipeline(WorkflowBlocks(), str(tmp_path), workflow="nope")
     with pytest.raises(ValueError, match="requires pipeline blocks"):
         ModularPipeline.from_pretrained(str(tmp_path), workflow="img2img")
+
+
+def test_pipeline_owns_a_private_copy_of_its_blocks():
+    blocks = SequentialPipelineBlocks.from_blocks_dict({"add": AddBlock, "text": TextBlock})
+    pipe = ModularPipeline(blocks)
+    assert pipe(x=1, prompt="ab", output="prompt_len") == 2
+    blocks.sub_blocks.pop("text")  # editing the caller's object later does not change the pipeline
+    assert pipe(x=1, prompt="abc", output="prompt_len") == 3
+    copy_ = pipe.blocks
+    assert "_decl_cache" not in copy_.__dict__ and "_decl_cache" not in copy_.sub_blocks["add"].__dict__
+    copy_.sub_blocks.pop("text")
+    assert copy_.input_names == ["x", "amount"]
+    assert "prompt" in pipe.blocks.input_names

@@ -307,6 +307,10 @@ class ModularPipeline:
                 "repo whose modular_model_index.json names its blocks class."
             )
 
+        # a private copy: editing the caller's blocks object later never changes this pipeline, which lets the
+        # pipeline cache the blocks' declarations
+        blocks = copy.deepcopy(blocks)
+        blocks._freeze_declarations()
         self._blocks = blocks
         self._components_manager = components_manager
         self._collection = collection
@@ -510,7 +514,9 @@ class ModularPipeline:
     @property
     def blocks(self) -> ModularPipelineBlocks:
         """A copy of the pipeline's blocks (editing it does not change the pipeline)."""
-        return copy.deepcopy(self._blocks)
+        blocks = copy.deepcopy(self._blocks)
+        blocks._freeze_declarations(False)
+        return blocks
 
     @property
     def doc(self) -> str:

@@ -248,7 +248,13 @@ class ModularPipelineBlocks:
         origin: Dict[str, Tuple[int, Any, Any]] = {}
         intermediates = state.intermediates
         user_inputs = state._inputs
-        declared = self._declared_inputs()
+        cache = self.__dict__.get("_decl_cache")
+        if cache is None:
+            declared = self._declared_inputs()
+        else:
+            declared = cache.get("inputs")
+            if declared is None:
+                declared = cache["inputs"] = self._declared_inputs()
         for param in declared:
             name = param.name
             if name is not None:
@@ -301,7 +307,14 @@ class ModularPipelineBlocks:
             declared, origin = self._declared_inputs(), None
         written: Set[str] = set()
         intermediates = state.intermediates
-        for param in self.intermediate_outputs:
+        cache = self.__dict__.get("_decl_cache")
+        if cache is None:
+            outputs = self.intermediate_outputs
+        else:
+            outputs = cache.get("outputs")
+            if outputs is None:
+                outputs = cache["outputs"] = self.intermediate_outputs
+        for param in outputs:
             name = param.name
             if name is None:
                 continue
@@ -334,6 +347,17 @@ class ModularPipelineBlocks:
                         state.set_intermediate(key, value, param.kwargs_type)
                         written.add(key)
 
+    def _freeze_declarations(self, frozen: bool = True) -> None:
+        """Cache (or stop caching) the declared inputs/outputs of this block and all nested blocks. A pipeline
+        does this on its private copy of the blocks, which nothing edits after construction."""
+        if frozen:
+            self.__dict__["_decl_cache"] = {}
+        else:
+            self.__dict__.pop("_decl_cache", None)
+        for block in self.sub_blocks.values():
+            if isinstance(block, ModularPipelineBlocks):
+                block._freeze_declarations(frozen)
+
     # --- running -----------------------------------------------------------------------------------------------
 
     def __call__(self, components: Any, state: PipelineState) -> Tuple[Any, PipelineState]:
@@ -351,7 +375,7 @@ class ModularPipelineBlocks:
 
         pipeline_cls = get_modular_pipeline_class(self.model_name) or ModularPipeline
         return pipeline_cls(
-            blocks=copy.deepcopy(self),
+            blocks=self,  # the pipeline takes its own copy
             pretrained_model_name_or_path=pretrained_model_name_or_path,
             components_manager=components_manager,
             collection=collection,

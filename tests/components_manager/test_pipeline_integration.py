@@ -28,18 +28,6 @@ Additional Component Info:
 =================================================="""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _schedulers_ready(tiny_sd_folder):
-    # TEMPORARY guard while the schedulers package is being completed by another helper: loading any scheduler
-    # resolves every compatible class, and one missing module makes the scheduler component fail to load.
-    from diffblocks.schedulers import PNDMScheduler
-
-    try:
-        PNDMScheduler.from_pretrained(tiny_sd_folder, subfolder="scheduler")
-    except Exception as e:  # pragma: no cover - disappears once the schedulers land
-        pytest.skip(f"scheduler loading is not available yet: {e}")
-
-
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_sd_folder):
     from tests.fixtures.tiny import fill_hf_cache

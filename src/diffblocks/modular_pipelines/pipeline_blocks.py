@@ -457,7 +457,12 @@ class ModularPipelineBlocks:
         hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
         hub_kwargs.pop("force_download", None)
         hub_kwargs.pop("proxies", None)
-        folder = _resolve_config_folder(pretrained_model_name_or_path, cls.config_name, hub_kwargs)
+        try:
+            folder = _resolve_config_folder(pretrained_model_name_or_path, cls.config_name, hub_kwargs)
+        except OSError:
+            raise
+        except Exception as e:  # hub errors (missing file, offline) all mean "no custom blocks here"
+            raise OSError(f"Could not find {cls.config_name} for {pretrained_model_name_or_path!r}: {e}") from e
         with open(os.path.join(folder, cls.config_name), encoding="utf-8") as f:
             config = json.load(f)
         auto_map = config.get("auto_map") or {}

@@ -1,0 +1,87 @@
+"""The modular core with the real ComponentsManager and the model families' registrations (no weights loaded
+except tiny test modules)."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from diffblocks.modular_pipelines import ModularPipeline, SequentialPipelineBlocks
+
+from .helpers import ModelBlock, TextBlock, write_tiny_model
+
+HELPERS = ModelBlock.__module__
+
+
+def _index(tmp_path):
+    write_tiny_model(str(tmp_path / "ckpt"), "unet", seed=1)
+    spec = {"type_hint": [HELPERS, "TinyModel"], "pretrained_model_name_or_path": str(tmp_path / "ckpt"),
+            "subfolder": "unet", "variant": None, "revision": None}
+    (tmp_path / "modular_model_index.json").write_text(json.dumps({"model": [None, None, spec]}))
+    return str(tmp_path)
+
+
+def test_real_components_manager_reuses_by_load_id(tmp_path, caplog):
+    from diffblocks.modular_pipelines import ComponentsManager
+
+    repo = _index(tmp_path)
+    cm = ComponentsManager()
+    first = ModelBlock().init_pipeline(repo, components_manager=cm, collection="one")
+    first.load_components(torch_dtype=torch.float32)
+    assert len(cm._lookup_ids(name="model", collection="one")) == 1
+    second = ModelBlock().init_pipeline(repo, components_manager=cm, collection="two")
+    with caplog.at_level(logging.INFO):
+        second.load_components(torch_dtype=torch.float32)
+    assert second.model is first.model  # reused, not loaded again
+    assert "Reusing model" in caplog.text
+    assert len(cm._lookup_ids(name="model", collection="two")) == 1
+    # the seed's flow: fill a pipeline from the manager by its null component names
+    third = SequentialPipelineBlocks.from_blocks_dict({"m": ModelBlock, "t": TextBlock}).init_pipeline(
+        repo, components_manager=cm, collection="three")
+    assert third.null_component_names == ["model", "text_model"]
+    third.update_components(**cm.get_components_by_names(third.null_component_names))
+    assert third.model is first.model and third.null_component_names == ["text_model"]
+    # unloading removes the pipeline's registration from the manager
+    second.unload_components("model")
+    assert second.model is None
+
+
+def test_classic_model_index_picks_the_family_pipeline(tmp_path):
+    sd = pytest.importorskip("diffblocks.modular_pipelines.stable_diffusion")
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+             "feature_extractor": [None, None], "requires_safety_checker": False}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    pipe = ModularPipeline.from_pretrained(str(tmp_path))
+    assert type(pipe) is sd.StableDiffusionModularPipeline
+    assert type(pipe._blocks).__name__ == pipe.default_blocks_name
+    unet = pipe.get_component_spec("unet")
+    assert (unet.pretrained_model_name_or_path, unet.subfolder) == (str(tmp_path), "unet")
+    assert pipe.unet is None  # lazy
+    # saved index names the family class and round-trips to it
+    pipe.save_pretrained(str(tmp_path / "saved"))
+    again = ModularPipeline.from_pretrained(str(tmp_path / "saved"))
+    assert type(again) is sd.StableDiffusionModularPipeline
+    assert again.get_component_spec("unet").pretrained_model_name_or_path == str(tmp_path)
+
+
+def test_composite_requirements_are_saved(tmp_path, caplog):
+    class A:
+        _requirements = {"xyz": ">=0.8.0", "transformers": ">=4.44.0"}
+
+    class B:
+        _requirements = {"abc": ">=10.0.0", "diffusers": ">=0.2.0"}
+
+    blocks = SequentialPipelineBlocks.from_blocks_dict({"a": A, "b": B})
+    assert blocks._requirements == {"a": A._requirements, "b": B._requirements}
+    with caplog.at_level(logging.WARNING, logger="diffblocks.modular_pipelines.modular_pipeline_utils"):
+        blocks.save_pretrained(str(tmp_path))
+    with open(os.path.join(tmp_path, "modular_config.json")) as f:
+        config = json.load(f)
+    assert config["requirements"] == {"xyz": ">=0.8.0", "abc": ">=10.0.0", "transformers": ">=4.44.0",
+                                      "diffusers": ">=0.2.0"}
+    assert "xyz was specified in the requirements but wasn't found in the current environment" in caplog.text
+    assert config["auto_map"]["ModularPipelineBlocks"].endswith(".SequentialPipelineBlocks")

@@ -12,7 +12,8 @@ import torch
 
 from diffblocks.modular_pipelines import ComponentsManager, ModularPipeline, SequentialPipelineBlocks
 
-from ._helpers import CM_LOGGER, cm_warnings, normalize_table, rule_lengths, substitute_ids
+from ._helpers import cm_warnings, normalize_table, rule_lengths, substitute_ids
+from .test_seed_examples import SDXL_TE, SEED_COLLECTION, SEED_LOAD_ID, SEED_REPLACED, assert_matches_seed
 
 REPO = "SG161222/RealVisXL_V4.0"
 
@@ -44,8 +45,53 @@ def refiner_folder(tmp_path_factory):
     return build_tiny_sd_folder(str(tmp_path_factory.mktemp("cm-refiner") / "refiner"), kind="sd", seed=7)
 
 
-def _model_and_other_names(pipe):
-    return [n for n, c in pipe.components.items() if c is not None]
+@pytest.fixture(scope="module")
+def spec_cache(tmp_path_factory, tiny_sd_folder):
+    """The seed's ComponentSpec repos: SDXL base (text_encoder, unet) and Juggernaut with an fp16 variant."""
+    from tests.fixtures.tiny import build_tiny_sd_folder, fill_hf_cache
+
+    cache = str(tmp_path_factory.mktemp("cm-spec-cache"))
+    fill_hf_cache(cache, "stabilityai/stable-diffusion-xl-base-1.0", tiny_sd_folder)
+    jug = build_tiny_sd_folder(str(tmp_path_factory.mktemp("cm-jug") / "jug"), kind="sd", variant="fp16", seed=3)
+    fill_hf_cache(cache, "RunDiffusion/Juggernaut-XL-v9", jug)
+    return cache
+
+
+def test_component_spec_duplicate_load_id(spec_cache, caplog):
+    """The seed's ComponentSpec example, with diffblocks' ComponentSpec and AutoModel."""
+    from transformers import CLIPTextModel
+
+    from diffblocks import AutoModel, ComponentSpec
+
+    comp = ComponentsManager()
+    spec = ComponentSpec(name="text_encoder", repo="stabilityai/stable-diffusion-xl-base-1.0",
+                         subfolder="text_encoder", type_hint=AutoModel)
+    spec_duplicated = ComponentSpec(name="text_encoder_duplicated", repo="stabilityai/stable-diffusion-xl-base-1.0",
+                                    subfolder="text_encoder", type_hint=CLIPTextModel)
+    id1 = comp.add("text_encoder", spec.load(cache_dir=spec_cache))
+    caplog.clear()
+    id2 = comp.add("text_encoder_duplicated", spec_duplicated.load(cache_dir=spec_cache))
+    assert cm_warnings(caplog) == [
+        f"ComponentsManager: adding component '{id2}', but it has duplicate load_id '{SDXL_TE}' with existing "
+        f"components: {id1}. To remove a duplicate, call `components_manager.remove('<component_id>')`."
+    ]
+    assert_matches_seed(comp, SEED_LOAD_ID, [id1, id2], exact_widths=False)
+
+
+def test_component_spec_collection_replacement(spec_cache, caplog):
+    from diffblocks import AutoModel, ComponentSpec
+
+    comp = ComponentsManager()
+    spec = ComponentSpec(name="unet", repo="stabilityai/stable-diffusion-xl-base-1.0", subfolder="unet",
+                         type_hint=AutoModel)
+    spec2 = ComponentSpec(name="unet", repo="RunDiffusion/Juggernaut-XL-v9", subfolder="unet", type_hint=AutoModel,
+                          variant="fp16")
+    id1 = comp.add("unet", spec.load(cache_dir=spec_cache), collection="sdxl")
+    caplog.clear()
+    id2 = comp.add("unet", spec2.load(cache_dir=spec_cache), collection="sdxl")
+    assert cm_warnings(caplog) == [SEED_REPLACED.replace("unet_139917723891888", id1)]
+    assert list(comp.components) == [id2]
+    assert_matches_seed(comp, SEED_COLLECTION, [id2])
 
 
 def test_two_pipelines_share_everything(hub_cache, caplog):

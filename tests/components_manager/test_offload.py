@@ -312,3 +312,30 @@ def test_sequential_offload_streams_submodules():
     remove_hooks(model)
     assert not has_hooks(model) and seq._handles == []
     torch.testing.assert_close(model(x), ref)
+
+
+def test_concurrent_forwards_under_pressure_do_not_deadlock(setup):
+    import threading
+
+    cm, models, x, expected = setup
+    cm.enable_auto_cpu_offload("cpu", memory_reserve_margin=0, free_memory_fn=Budget(cm, 1700))
+    errors, results = [], {}
+
+    def run(name):
+        try:
+            m = models[name]
+            for _ in range(20):
+                out = m.decode(m.encode(x)) if name == "vae" else m(x)
+            results[name] = out
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    for name in models:
+        torch.testing.assert_close(results[name], expected[name])
+    assert all(h.in_use == 0 for h in cm.model_hooks)

@@ -472,11 +472,12 @@ def _assign_state_dict(
             state_dict.pop(k)
 
     to_load: Dict[str, torch.Tensor] = {}
+    keep_fp32 = bool(getattr(model, "_keep_in_fp32_modules", None))
     for key, tensor in state_dict.items():
         if key not in expected:
             continue
         if tensor.is_floating_point():
-            if _keep_fp32(model, key) and dtype is not None:
+            if dtype is not None and keep_fp32 and _keep_fp32(model, key):
                 target = torch.float32
             elif dtype is not None:
                 target = dtype

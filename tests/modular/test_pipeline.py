@@ -10,8 +10,10 @@ import torch
 
 from diffblocks.modular_pipelines import (
     ComponentSpec,
+    ConditionalPipelineBlocks,
     ModularPipeline,
     ModularPipelineBlocks,
+    OutputParam,
     PipelineState,
     SequentialPipelineBlocks,
 )
@@ -481,3 +483,67 @@ def test_pipeline_owns_a_private_copy_of_its_blocks():
     copy_.sub_blocks.pop("text")
     assert copy_.input_names == ["x", "amount"]
     assert "prompt" in pipe.blocks.input_names
+
+
+def test_update_components_with_specs(two_folders):
+    pipe = ModelBlock().init_pipeline()
+    pipe.update_components(model=TinyModel())
+    pipe.update_components(scheduler=ComponentSpec("ignored", TinyScheduler, config={"beta": 0.123},
+                                                   default_creation_method="from_config"))
+    assert pipe.scheduler.config["beta"] == 0.123
+    pipe.update_components(model=ComponentSpec("model", TinyModel, pretrained_model_name_or_path=two_folders["a"],
+                                               subfolder="unet"))
+    assert pipe.model is None and pipe.null_component_names == ["model"]
+    assert pipe.config["model"][2]["pretrained_model_name_or_path"] == two_folders["a"]
+    pipe.load_components()
+    torch.testing.assert_close(pipe.model.linear.weight, two_folders["model"].linear.weight)
+
+
+def test_missing_required_input_fails_before_any_block_runs():
+    ran = []
+
+    class First(AddBlock):
+        def __call__(self, components, state):
+            ran.append("first")
+            return super().__call__(components, state)
+
+    pipe = SequentialPipelineBlocks.from_blocks_dict({"first": First, "text": TextBlock}).init_pipeline()
+    with pytest.raises(ValueError, match=r"Required input 'prompt' is missing: pass `prompt=...` to the pipeline"):
+        pipe(x=1)
+    assert ran == []
+    # an input some block can produce is not checked early (it may be produced at run time)
+    class MaybeMakesPrompt(AddBlock):
+        @property
+        def intermediate_outputs(self):
+            return [OutputParam("x"), OutputParam("prompt")]
+
+        def __call__(self, components, state):
+            bs = self.get_block_state(state)
+            bs.prompt = "made"
+            bs.x = 0
+            self.set_block_state(state, bs)
+            return components, state
+
+    class Skippable(ConditionalPipelineBlocks):
+        block_classes = [MaybeMakesPrompt]
+        block_names = ["make"]
+        block_trigger_inputs = ["flag"]
+
+        def select_block(self, flag=None):
+            return "make" if flag else None
+
+    pipe = SequentialPipelineBlocks.from_blocks_dict({"maybe": Skippable, "text": TextBlock}).init_pipeline()
+    assert "flag" in pipe.blocks.input_names  # a trigger no branch declares is still a pipeline input
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pipe(x=1, flag=True, output="prompt_len") == 4
+    with pytest.raises(ValueError, match="Required input 'prompt' is missing"):
+        pipe(x=1)
+
+
+def test_seed_era_state_constructor():
+    state = PipelineState(inputs={"a": 1}, intermediates={"b": 2}, input_kwargs={"g": ["a"]},
+                          intermediate_kwargs={"g": ["b"]})
+    assert state.get_by_kwargs("g") == {"a": 1, "b": 2}

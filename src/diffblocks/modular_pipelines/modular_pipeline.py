@@ -590,17 +590,25 @@ class ModularPipeline:
                 close = difflib.get_close_matches(key, list(self._component_specs) + list(self._config_specs), n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             logger.warning(f"Unexpected keyword arguments, will be ignored: {', '.join(hints)}")
-        for name, component in components.items():
+        for name, component in list(components.items()):
             current_spec = self._component_specs[name]
             if component is None:
                 if self.__dict__.get(name) is not None:
                     logger.warning(f"ModularPipeline.update_components: setting {name} to None (spec unchanged)")
                 continue
             if isinstance(component, ComponentSpec):
-                raise TypeError(
-                    f"update_components({name}=...) takes the component object; to change how it is loaded, set the "
-                    f"spec and call load_components(names={name!r})"
-                )
+                spec = copy.deepcopy(component)
+                spec.name = name
+                self._component_specs[name] = spec
+                if spec.default_creation_method == "from_config":
+                    components[name] = spec.create()
+                else:
+                    # lazy like every from_pretrained component: the old object goes, the new one loads on request
+                    logger.info(f"update_components: new spec for {name}; call load_components(names={name!r}) to load it")
+                    components[name] = None
+                    setattr(self, name, None)
+                    self._refresh_config_entry(name)
+                continue
             load_id = get_load_id(component)
             if current_spec.default_creation_method == "from_pretrained" and (load_id is None or load_id == "null"):
                 new_spec = ComponentSpec(name=name, type_hint=type(component), description=current_spec.description)
@@ -869,6 +877,7 @@ class ModularPipeline:
                     state.set_input(key, value, param.kwargs_type)
             elif name is not None and name not in state:
                 state.set_input(name, param.default, param.kwargs_type)
+        self._check_required_inputs(state, pipeline_inputs)
         if kwargs:
             known = [p.name for p in pipeline_inputs if p.name] + [p.kwargs_type for p in pipeline_inputs if p.kwargs_type]
             for key in kwargs:
@@ -889,6 +898,20 @@ class ModularPipeline:
         if isinstance(output, str):
             return self._get_output(state, output)
         return {name: self._get_output(state, name) for name in output}
+
+    def _check_required_inputs(self, state: PipelineState, pipeline_inputs: List[InputParam]) -> None:
+        """Fail before any block runs when a required input is missing and no block could produce it."""
+        missing = [p.name for p in pipeline_inputs if p.required and p.name is not None and state.get(p.name) is None]
+        if not missing:
+            return
+        produced = {p.name for p in self._blocks.intermediate_outputs}
+        missing = [name for name in missing if name not in produced]
+        if missing:
+            name = missing[0]
+            raise ValueError(
+                f"Required input '{name}' is missing: pass `{name}=...` to the pipeline (no block of "
+                f"{type(self._blocks).__name__} produces it). Required inputs: {self._blocks.required_inputs}"
+            )
 
     def _call_inputs(self) -> List[InputParam]:
         """The blocks' aggregated inputs, computed once: the pipeline's blocks are a private copy that only

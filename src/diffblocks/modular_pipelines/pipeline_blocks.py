@@ -1008,6 +1008,12 @@ class ConditionalPipelineBlocks(_CompositeBlocks):
     def inputs(self) -> List[InputParam]:
         merged = combine_inputs(*((n, b._declared_inputs()) for n, b in self.sub_blocks.items()
                                   if isinstance(b, ModularPipelineBlocks)))
+        # a trigger no branch declares is still read from the state: declare it so users can pass it
+        names = {p.name for p in merged}
+        for trigger in self._trigger_names():
+            if trigger not in names:
+                names.add(trigger)
+                merged.append(InputParam(trigger, description=f"Selects the branch of {type(self).__name__} to run."))
         return _remark_required(merged, self.required_inputs)
 
     def _declared_inputs(self) -> List[InputParam]:

@@ -39,12 +39,19 @@ class PipelineState:
         intermediates: Optional[Mapping[str, Any]] = None,
         kwargs_mapping: Optional[Mapping[str, List[str]]] = None,
         values: Optional[Mapping[str, Any]] = None,
+        input_kwargs: Optional[Mapping[str, List[str]]] = None,
+        intermediate_kwargs: Optional[Mapping[str, List[str]]] = None,
     ) -> None:
         self._inputs: Dict[str, Any] = dict(inputs or {})
         self.intermediates: Dict[str, Any] = dict(intermediates or {})
         if values:
             self.intermediates.update(values)
-        self.kwargs_mapping: Dict[str, List[str]] = {k: list(v) for k, v in (kwargs_mapping or {}).items()}
+        self.kwargs_mapping: Dict[str, List[str]] = {}
+        # seed-era constructors kept the tags of the two layers apart; one mapping serves both
+        for mapping in (kwargs_mapping, input_kwargs, intermediate_kwargs):
+            for tag, keys in (mapping or {}).items():
+                for key in keys:
+                    self._tag(key, tag)
 
     # --- layers --------------------------------------------------------------------------------------------------
 

@@ -85,3 +85,33 @@ def test_composite_requirements_are_saved(tmp_path, caplog):
                                       "diffusers": ">=0.2.0"}
     assert "xyz was specified in the requirements but wasn't found in the current environment" in caplog.text
     assert config["auto_map"]["ModularPipelineBlocks"].endswith(".SequentialPipelineBlocks")
+
+
+def test_spec_load_real_components(tmp_path):
+    """AutoModel is the loader when no type_hint is set; transformers models get `dtype`, tokenizers no dtype."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from diffblocks import AutoencoderKL
+    from diffblocks.modular_pipelines import ComponentSpec
+    from tests.fixtures.tiny import _build_clip, save_component, tiny_vae_config, write_tiny_tokenizer
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**tiny_vae_config())
+    save_component(vae, str(tmp_path / "vae"))
+    save_component(_build_clip(0, projection=False), str(tmp_path / "text_encoder"))
+    write_tiny_tokenizer(str(tmp_path / "tokenizer"))
+
+    spec = ComponentSpec("vae", pretrained_model_name_or_path=str(tmp_path), subfolder="vae")
+    loaded = spec.load(torch_dtype=torch.float16)
+    assert type(loaded) is AutoencoderKL and spec.type_hint is AutoencoderKL
+    assert loaded.dtype == torch.float16
+    assert loaded._diffblocks_load_id == f"{tmp_path}|vae|null|null"
+
+    te = ComponentSpec("text_encoder", CLIPTextModel, pretrained_model_name_or_path=str(tmp_path),
+                       subfolder="text_encoder").load(torch_dtype=torch.float16)
+    assert te.dtype == torch.float16
+    tok = ComponentSpec("tokenizer", CLIPTokenizer, pretrained_model_name_or_path=str(tmp_path),
+                        subfolder="tokenizer").load(torch_dtype=torch.float16)
+    assert isinstance(tok, CLIPTokenizer) and tok._diffblocks_load_id == f"{tmp_path}|tokenizer|null|null"
+    with pytest.raises(ValueError, match="Unable to load vae without `type_hint`"):
+        ComponentSpec("vae", pretrained_model_name_or_path=str(tmp_path), subfolder="missing").load()

@@ -43,8 +43,8 @@ CASES = [
         "unit": "MB",
         "target": 1.1,
         "impls": ["diffblocks", "weight_bytes"],
-        "description": "peak RSS growth (ru_maxrss after minus before) of from_pretrained + one pass over every "
-                       "parameter, vs the size of the weights.",
+        "description": "peak RSS growth (ru_maxrss after minus the resident size before) of from_pretrained + one "
+                       "pass over every parameter, vs the size of the weights.",
     },
     {
         "name": "from_pretrained_1gb_vs_diffusers_time",
@@ -148,6 +148,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def current_rss_mb() -> float:
+    """Resident set size now (Linux /proc), falling back to the peak when /proc is unavailable."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mb()
+
+
 def touch(model) -> float:
     total = 0.0
     for p in model.parameters():
@@ -204,7 +213,7 @@ def run(case: str, impl: str) -> float:
         assert len(data) == os.path.getsize(path)
         return elapsed
 
-    before = peak_rss_mb()
+    before = current_rss_mb()  # growth = peak after - resident before (transient peaks included)
     start = time.perf_counter()
     model = model_cls.from_pretrained(folder)
     if case.endswith("_resident") or case.endswith("_peak_rss"):

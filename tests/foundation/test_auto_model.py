@@ -116,3 +116,36 @@ def test_repo_id_offline_transformers_and_diffblocks(te_folder, tinynet_register
     assert te._diffblocks_load_id == "org/pipe|text_encoder|null|null"
     unet = AutoModel.from_pretrained("org/pipe", subfolder="unet", cache_dir=cache)
     assert_same_state(make_tiny(), unet)
+
+
+def test_repo_id_online_cached_is_one_metadata_call(te_folder, tinynet_registered, tmp_path, monkeypatch):
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from diffblocks import hub
+
+    cache = str(tmp_path / "cache")
+    snapshot = fill_hf_cache(cache, "org/pipe", te_folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def model_info(self, repo_id, revision=None, token=None, **kw):
+        calls.append(repo_id)
+        return types.SimpleNamespace(sha=os.path.basename(snapshot), siblings=[
+            types.SimpleNamespace(rfilename=f) for f in hub.list_folder_files(snapshot)])
+
+    def refuse(*a, **k):
+        raise AssertionError("no download or per-file request expected when everything is cached")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    te = AutoModel.from_pretrained("org/pipe", subfolder="text_encoder", cache_dir=cache)
+    assert calls == ["org/pipe"] and te.name_or_path == "org/pipe"
+    assert_same_state(_build_clip(2, projection=False), te)
+    unet = AutoModel.from_pretrained("org/pipe", subfolder="unet", cache_dir=cache)
+    assert calls == ["org/pipe", "org/pipe"] and unet.config._name_or_path == "org/pipe"
+    assert unet._diffblocks_load_id == "org/pipe|unet|null|null"

@@ -151,12 +151,21 @@ class AutoModel(ConfigMixin):
         hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
         variant = kwargs.get("variant")
         revision = kwargs.get("revision")
-        library, name, model_cls = cls._resolve(path, subfolder, hub)
+        source = path
+        if not os.path.isdir(path):
+            # one metadata call: fetch model_index.json, the component's config and its selected weights, then
+            # load everything from the local snapshot
+            source = _fetch_component(path, subfolder, variant, kwargs.get("use_safetensors"), hub)
+            hub = {}
+            kwargs = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}
+        library, name, model_cls = cls._resolve(source, subfolder, hub)
 
         if library == "transformers":
-            model = _load_transformers(model_cls, path, subfolder, dict(kwargs), hub)
+            model = _load_transformers(model_cls, source, subfolder, dict(kwargs), hub)
         else:
-            model = model_cls.from_pretrained(path, subfolder=subfolder, **kwargs)
+            model = model_cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+        if source != path:
+            _record_name_or_path(model, path)
         load_id = make_load_id(path, subfolder, variant, revision)
         for attr in ("_diffblocks_load_id", "_diffusers_load_id"):  # diffusers scripts read the second spelling
             try:
@@ -191,6 +200,43 @@ class AutoModel(ConfigMixin):
             cfg = transformers.AutoConfig.for_model(**config)
             return model_cls._from_config(cfg, **kwargs)
         return model_cls.from_config(config, **kwargs)
+
+
+def _fetch_component(path: str, subfolder: Optional[str], variant: Optional[str],
+                     use_safetensors: Optional[bool], hub: Dict[str, Any]) -> str:
+    """Local snapshot root holding ``model_index.json`` (if the repo has one) and one component's files."""
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+
+    def select(files):
+        names = {f[len(prefix):] for f in files if f.startswith(prefix) and "/" not in f[len(prefix):]}
+        where = prefix.rstrip("/") or "."
+        try:
+            chosen = _select_weight_names(names, variant=variant, use_safetensors=use_safetensors, where=where)
+        except (EnvironmentError, ValueError) as diffusers_error:
+            try:
+                chosen = _select_weight_names(names, variant=variant, use_safetensors=use_safetensors, where=where,
+                                              weights_names=("model.safetensors", "pytorch_model.bin"))
+            except (EnvironmentError, ValueError):
+                raise diffusers_error from None
+        picked = ["model_index.json"] if "model_index.json" in files else []
+        picked += [prefix + n for n in ["config.json", *chosen] + [a for a in _TRANSFORMERS_AUX if a in names]]
+        return picked
+
+    return resolve_folder(path, select=select, **hub)
+
+
+def _record_name_or_path(model: Any, name: str) -> None:
+    """Report the repo id (not the cache snapshot path) as the model's origin, like diffusers does."""
+    if hasattr(model, "register_to_config") and hasattr(model, "_internal_dict"):
+        model.register_to_config(_name_or_path=name)
+        return
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "_name_or_path"):
+        try:
+            config._name_or_path = name
+            model.name_or_path = name
+        except (AttributeError, TypeError):  # pragma: no cover
+            pass
 
 
 def _load_transformers(model_cls, path: str, subfolder: Optional[str], kwargs: Dict[str, Any],

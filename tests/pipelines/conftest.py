@@ -1,13 +1,11 @@
 """Small pipelines built on DiffusionPipeline for testing the base without the SD family.
 
-``TinyDenoiser`` is a ModelMixin model, ``TinyPipeline``/``TinyImg2ImgPipeline``/``TinyEncoderPipeline`` are
+``TinyDenoiser`` is a ModelMixin model, ``TinyPipeline``/``TinyImg2ImgPipeline``/``TinyExactPipeline`` are
 DiffusionPipeline subclasses. The ``tiny_classes`` fixture makes them resolvable from model_index.json by
 registering them in diffblocks' lazy export tables for the duration of a test.
 """
-import os
 import sys
 import types
-from typing import Optional
 
 import pytest
 import torch

@@ -31,7 +31,6 @@ import re
 import shutil
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 

@@ -267,3 +267,14 @@ def test_parse_memory_size_errors():
         parse_memory_size(-1)
     with pytest.raises(TypeError, match="`memory_reserve` must be a number of bytes"):
         parse_memory_size([3], "memory_reserve")
+
+
+def test_copies_of_holders_share_the_manager():
+    import copy
+
+    comp = ComponentsManager()
+    comp.add("x", named_object("Thing"))
+    holder = {"manager": comp, "other": [1, 2]}
+    clone = copy.deepcopy(holder)
+    assert clone["manager"] is comp and clone["other"] is not holder["other"]
+    assert copy.copy(comp) is comp

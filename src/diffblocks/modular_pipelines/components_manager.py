@@ -365,6 +365,13 @@ class ComponentsManager:
         self._memory_reserve = 0
         self._free_memory_fn: Callable[[torch.device], int] = default_free_memory
 
+    def __deepcopy__(self, memo: dict) -> "ComponentsManager":
+        # a manager is a shared registry: copies of objects holding it (pipelines, blocks) share the same one
+        return self
+
+    def __copy__(self) -> "ComponentsManager":
+        return self
+
     # ------------------------------------------------------------------------------------------------------------
     # ids and lookups
     # ------------------------------------------------------------------------------------------------------------

@@ -42,9 +42,16 @@ def test_real_components_manager_reuses_by_load_id(tmp_path, caplog):
     assert third.null_component_names == ["model", "text_model"]
     third.update_components(**cm.get_components_by_names(third.null_component_names))
     assert third.model is first.model and third.null_component_names == ["text_model"]
-    # unloading removes the pipeline's registration from the manager
+    # unloading drops only this pipeline's registration: the object is shared with collection "one"
+    shared_id = f"model_{id(first.model)}"
     second.unload_components("model")
     assert second.model is None
+    assert shared_id in cm.components and shared_id not in cm._lookup_ids(collection="two")
+    assert shared_id in cm._lookup_ids(collection="one")
+    # once no collection holds it, it leaves the manager
+    for pipe in (first, third):
+        pipe.unload_components("model")
+    assert shared_id not in cm.components
 
 
 def test_classic_model_index_picks_the_family_pipeline(tmp_path):

@@ -10,6 +10,9 @@ _EXPORTS = {
     "ConditionalPipelineBlocks": ".modular_pipeline",
     "PipelineState": ".modular_pipeline",
     "BlockState": ".modular_pipeline",
+    "PipelineBlock": ".modular_pipeline",
+    "register_modular_pipeline": ".modular_pipeline",
+    "MODULAR_PIPELINE_MAPPING": ".modular_pipeline",
     "InputParam": ".modular_pipeline_utils",
     "OutputParam": ".modular_pipeline_utils",
     "ComponentSpec": ".modular_pipeline_utils",
@@ -18,6 +21,8 @@ _EXPORTS = {
     "ComponentsManager": ".components_manager",
     "StableDiffusionXLModularPipeline": ".stable_diffusion_xl",
     "StableDiffusionXLAutoBlocks": ".stable_diffusion_xl",
+    "StableDiffusionModularPipeline": ".stable_diffusion",
+    "StableDiffusionAutoBlocks": ".stable_diffusion",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

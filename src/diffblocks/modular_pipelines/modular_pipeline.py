@@ -740,7 +740,12 @@ class ModularPipeline:
             self._refresh_config_entry(name)
             del component
             if manager is not None and component_id in getattr(manager, "components", {}):
-                manager.remove(component_id)
+                # only this pipeline's registration goes; an object another collection shares stays registered
+                remove_from_collection = getattr(manager, "remove_from_collection", None)
+                if self._collection is not None and remove_from_collection is not None:
+                    remove_from_collection(component_id, self._collection)
+                else:
+                    manager.remove(component_id)
         gc.collect()
         try:
             import torch

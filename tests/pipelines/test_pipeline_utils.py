@@ -678,3 +678,27 @@ def test_image_pipeline_output():
     out = ImagePipelineOutput(images=images)
     assert out.images is images and out[0] is images and out["images"] is images
     assert out.to_tuple()[0] is images
+
+
+def test_sd_attention_slicing_and_vae_helpers_keep_outputs(tiny_sd_folder):
+    pipe = DiffusionPipeline.from_pretrained(tiny_sd_folder)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    pipe.enable_attention_slicing()
+    pipe.enable_vae_slicing()
+    pipe.enable_xformers_memory_efficient_attention()
+    out = pipe("a cat", num_inference_steps=2, generator=_gen(), output_type="np").images
+    assert float(abs(out - ref).max()) <= 1e-5
+    pipe.disable_attention_slicing()
+    pipe.disable_vae_slicing()
+    # tiling decodes 64x64 in blended 32x32 tiles with this tiny VAE: different pixels, by design
+    pipe.enable_vae_tiling()
+    assert pipe.vae.use_tiling is True
+    pipe.disable_vae_tiling()
+    assert pipe.vae.use_tiling is False
+
+
+def test_vae_helpers_need_a_vae(tiny_classes, tiny_folder):
+    pipe = DiffusionPipeline.from_pretrained(tiny_folder)
+    with pytest.raises(ValueError, match="`TinyPipeline` has no VAE component supporting `enable_slicing\\(\\)`"):
+        pipe.enable_vae_slicing()

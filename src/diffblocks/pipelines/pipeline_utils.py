@@ -565,6 +565,29 @@ class DiffusionPipeline(ConfigMixin):
     def disable_attention_slicing(self) -> None:
         self.enable_attention_slicing(None)
 
+    def _vae_or_error(self, what: str) -> Any:
+        vae = self.__dict__.get("vae")
+        if vae is None or not callable(getattr(vae, what, None)):
+            raise ValueError(
+                f"`{type(self).__name__}` has no VAE component supporting `{what}()`; VAE slicing/tiling needs a "
+                "`vae` such as AutoencoderKL."
+            )
+        return vae
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time (same as ``pipe.vae.enable_slicing()``)."""
+        self._vae_or_error("enable_slicing").enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self._vae_or_error("disable_slicing").disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Encode/decode large images in overlapping tiles (same as ``pipe.vae.enable_tiling()``)."""
+        self._vae_or_error("enable_tiling").enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self._vae_or_error("disable_tiling").disable_tiling()
+
     def enable_xformers_memory_efficient_attention(self, attention_op: Optional[Callable] = None) -> None:
         """No-op kept for API compatibility: attention already uses PyTorch's fused kernels."""
         logger.info("diffblocks uses torch scaled_dot_product_attention; xformers is not needed")

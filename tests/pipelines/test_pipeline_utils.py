@@ -702,3 +702,20 @@ def test_vae_helpers_need_a_vae(tiny_classes, tiny_folder):
     pipe = DiffusionPipeline.from_pretrained(tiny_folder)
     with pytest.raises(ValueError, match="`TinyPipeline` has no VAE component supporting `enable_slicing\\(\\)`"):
         pipe.enable_vae_slicing()
+
+
+def test_incomplete_cached_snapshot_offline_is_a_clear_error(tiny_classes, tiny_folder, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from tests.fixtures.tiny import fill_hf_cache
+
+    cache = str(tmp_path / "cache")
+    snapshot = fill_hf_cache(cache, "tiny-org/partial", tiny_folder)
+    os.remove(os.path.join(snapshot, "unet", "diffusion_pytorch_model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # the unet has no weights left in the snapshot: nothing to pick, so loading it fails clearly
+    with pytest.raises(OSError, match="unet|diffusion_pytorch_model"):
+        DiffusionPipeline.from_pretrained("tiny-org/partial", cache_dir=cache)
+    # a component passed by the caller is not needed from the cache at all
+    pipe = DiffusionPipeline.from_pretrained("tiny-org/partial", cache_dir=cache, unet=TinyDenoiser())
+    assert isinstance(pipe.unet, TinyDenoiser)

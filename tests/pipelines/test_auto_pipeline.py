@@ -156,3 +156,26 @@ def test_from_pipe_unknown_source_is_an_error():
     pipe = TinyPipeline(**make_components())
     with pytest.raises(ValueError, match="AutoPipeline can't find a pipeline linked to TinyPipeline for None"):
         AutoPipelineForImage2Image.from_pipe(pipe)
+
+
+def test_listed_but_unavailable_classes_raise_not_implemented(tiny_sd_folder, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import diffblocks.pipelines as pipelines
+    from diffblocks import DiffusionPipeline
+    from diffblocks.pipelines import auto_pipeline
+
+    monkeypatch.setitem(pipelines._EXPORTS, "GhostPipeline", "._no_such_module")
+    monkeypatch.setitem(pipelines._EXPORTS, "GhostImg2ImgPipeline", "._no_such_module")
+    monkeypatch.setitem(auto_pipeline.AUTO_TEXT2IMAGE_PIPELINES_MAPPING, "ghost", "GhostPipeline")
+    monkeypatch.setitem(auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, "ghost", "GhostImg2ImgPipeline")
+    folder = str(tmp_path / "ghost")
+    shutil.copytree(tiny_sd_folder, folder)
+    data = json.load(open(f"{folder}/model_index.json"))
+    data["_class_name"] = "GhostPipeline"
+    json.dump(data, open(f"{folder}/model_index.json", "w"))
+    with pytest.raises(NotImplementedError, match="'GhostPipeline' named by `_class_name`.*not available in this build"):
+        DiffusionPipeline.from_pretrained(folder)
+    with pytest.raises(NotImplementedError, match="maps GhostPipeline to GhostImg2ImgPipeline, which is not available"):
+        AutoPipelineForImage2Image.from_pretrained(folder)

@@ -87,7 +87,13 @@ def _get_task_class(mapping: "OrderedDict[str, str]", pipeline_class_name: str, 
     if model_name is not None:
         task_class_name = mapping.get(model_name)
         if task_class_name is not None:
-            cls = resolve_own_class(task_class_name)
+            try:
+                cls = resolve_own_class(task_class_name)
+            except ImportError as err:
+                raise NotImplementedError(
+                    f"AutoPipeline maps {pipeline_class_name} to {task_class_name}, which is not available in this "
+                    f"diffblocks build: {err}"
+                ) from err
             if cls is None:
                 raise NotImplementedError(
                     f"AutoPipeline maps {pipeline_class_name} to {task_class_name}, which diffblocks does not "

@@ -806,7 +806,13 @@ class DiffusionPipeline(ConfigMixin):
                 f"{MODEL_INDEX_NAME} names a custom pipeline {list(class_name)}; diffblocks does not run code "
                 "shipped with checkpoints."
             )
-        found = resolve_own_class(class_name)
+        try:
+            found = resolve_own_class(class_name)
+        except ImportError as err:
+            raise NotImplementedError(
+                f"The pipeline class {class_name!r} named by `_class_name` in {MODEL_INDEX_NAME} is part of "
+                f"diffblocks' API but is not available in this build: {err}"
+            ) from err
         if found is None or not (isinstance(found, type) and issubclass(found, DiffusionPipeline)):
             raise ValueError(
                 f"The pipeline class {class_name!r} named by `_class_name` in {MODEL_INDEX_NAME} is not supported by "

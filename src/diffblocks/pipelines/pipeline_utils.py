@@ -39,36 +39,18 @@ import PIL.Image
 import torch
 
 from ..configuration import ConfigMixin
+from ..models.outputs import BaseOutput
 from ..utils.image_utils import numpy_to_pil as _numpy_to_pil
 from ..utils.torch_utils import unwrap_module
 
 logger = logging.getLogger(__name__)
 
-try:  # BaseOutput is shared by every output class (models helper)
-    from ..models.outputs import BaseOutput
-except ImportError:  # pragma: no cover - only before the models package lands
-    BaseOutput = None  # type: ignore[assignment]
 
+@dataclass
+class ImagePipelineOutput(BaseOutput):
+    """Output of image pipelines: ``images`` is a list of PIL images, a (B, H, W, C) array or a tensor."""
 
-if BaseOutput is not None:
-
-    @dataclass
-    class ImagePipelineOutput(BaseOutput):
-        """Output of image pipelines: ``images`` is a list of PIL images, a (B, H, W, C) array or a tensor."""
-
-        images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
-
-else:  # pragma: no cover
-
-    @dataclass
-    class ImagePipelineOutput:  # type: ignore[no-redef]
-        images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
-
-        def __getitem__(self, index):
-            return (self.images,)[index] if isinstance(index, int) else getattr(self, index)
-
-        def to_tuple(self):
-            return (self.images,)
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
 
 
 MODEL_INDEX_NAME = "model_index.json"

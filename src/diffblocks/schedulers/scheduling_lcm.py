@@ -209,12 +209,18 @@ class LCMScheduler(AlphaNoiseMixin, SchedulerMixin, ConfigMixin):
         prev_t = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else t
         a_t, a_prev = self._abar_at(t), self._abar_at(prev_t)
         c_skip, c_out = self.get_scalings_for_boundary_condition_discrete(timestep)
-        x0, _ = x0_and_eps(self.config.prediction_type, model_output, sample, a_t, type(self).__name__)
-        x0 = clip_or_threshold(x0, self.config)
-        denoised = x0 * float(c_out) + sample * float(c_skip)
+        cfg = self.config
+        if cfg.prediction_type == "epsilon" and not (cfg.thresholding or cfg.clip_sample):
+            # x0 is only an intermediate here: fold c_out * x0 + c_skip * x into one combination of x and eps
+            ra, rb = float(np.sqrt(a_t)), float(np.sqrt(1 - a_t))
+            denoised = torch.add(sample * (float(c_skip) + float(c_out) / ra), model_output, alpha=-float(c_out) * rb / ra)
+        else:
+            x0, _ = x0_and_eps(cfg.prediction_type, model_output, sample, a_t, type(self).__name__)
+            x0 = clip_or_threshold(x0, cfg)
+            denoised = x0 * float(c_out) + sample * float(c_skip)
         if i != self.num_inference_steps - 1:
             noise = draw_noise(model_output, generator, dtype=denoised.dtype)
-            prev = denoised * float(np.sqrt(a_prev)) + noise * float(np.sqrt(1 - a_prev))
+            prev = torch.add(denoised * float(np.sqrt(a_prev)), noise, alpha=float(np.sqrt(1 - a_prev)))
         else:
             prev = denoised
         self._step_index = i + 1

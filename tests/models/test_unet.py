@@ -315,3 +315,22 @@ def test_gradient_checkpointing_same_gradients():
 def test_output_type():
     out = UNet2DConditionOutput(sample=torch.ones(1))
     assert out[0] is out.sample and out["sample"] is out.sample
+
+
+def test_freeu_parity(sd_pair):
+    ours, ref = sd_pair
+    x, ctx, _ = _inputs(tiny_unet_config("sd"))
+    with torch.no_grad():
+        plain = ours(x, 4, ctx).sample
+        ours.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+        ref.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+        try:
+            a, b = ours(x, 4, ctx).sample, ref(x, 4, ctx).sample
+        finally:
+            ours.disable_freeu(), ref.disable_freeu()
+        after = ours(x, 4, ctx).sample
+    assert max_diff(a, b) <= TOL
+    assert max_diff(a, plain) > 1e-4
+    assert torch.equal(after, plain)
+    with pytest.raises(TypeError, match="`b1` must be a number"):
+        ours.enable_freeu(0.9, 0.2, "1.5", 1.6)

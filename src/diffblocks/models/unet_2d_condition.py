@@ -352,6 +352,23 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
 
     # ------------------------------------------------------------------------------------------------------
+    # FreeU
+    # ------------------------------------------------------------------------------------------------------
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """Turn on FreeU: backbone factors ``b1``/``b2`` and skip factors ``s1``/``s2`` for the two deepest up
+        stages (values from the FreeU paper, e.g. SD 1.5: s1=0.9, s2=0.2, b1=1.5, b2=1.6)."""
+        for name, value in (("s1", s1), ("s2", s2), ("b1", b1), ("b2", b2)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a number, got {value!r}")
+        for block in self.up_blocks:
+            block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
+
+    def disable_freeu(self) -> None:
+        """Turn FreeU off."""
+        for block in self.up_blocks:
+            block.s1 = block.s2 = block.b1 = block.b2 = None
+
+    # ------------------------------------------------------------------------------------------------------
     # embeddings
     # ------------------------------------------------------------------------------------------------------
     def get_time_embed(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int]) -> torch.Tensor:

@@ -29,6 +29,34 @@ def _run(module: nn.Module, checkpointing: bool, *args: Any) -> Any:
     return module(*args)
 
 
+def _fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """Scale the ``2*threshold`` lowest spatial frequencies of ``x`` by ``scale`` (computed in float32)."""
+    freq = torch.fft.fftshift(torch.fft.fftn(x.to(torch.float32), dim=(-2, -1)), dim=(-2, -1))
+    b, c, h, w = freq.shape
+    mask = torch.ones((b, c, h, w), device=x.device)
+    ch, cw = h // 2, w // 2
+    mask[..., ch - threshold : ch + threshold, cw - threshold : cw + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(dtype=x.dtype)
+
+
+class _FreeUMixin:
+    """FreeU (arXiv 2309.11497) on the two deepest up stages: boost half of the backbone channels by ``b1``/``b2``
+    and damp the low frequencies of the skip features by ``s1``/``s2``.  Off while any factor is unset/zero."""
+
+    s1 = s2 = b1 = b2 = None
+    resolution_idx: Optional[int] = None
+
+    def _freeu(self, hidden: torch.Tensor, skip: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not (self.s1 and self.s2 and self.b1 and self.b2) or self.resolution_idx not in (0, 1):
+            return hidden, skip
+        b, s = (self.b1, self.s1) if self.resolution_idx == 0 else (self.b2, self.s2)
+        half = hidden.shape[1] // 2
+        hidden = hidden.clone()
+        hidden[:, :half] = hidden[:, :half] * b
+        return hidden, _fourier_filter(skip, threshold=1, scale=s)
+
+
 class _CheckpointFlag(nn.Module):
     """Blocks with ``gradient_checkpointing``: recompute activations in backward when it is on."""
 
@@ -364,7 +392,7 @@ def _up_resnet_channels(i: int, num_layers: int, in_channels: int, out_channels:
     return first + skip
 
 
-class UpBlock2D(_CheckpointFlag):
+class UpBlock2D(_FreeUMixin, _CheckpointFlag):
     """Resnets over (hidden, popped skip) concatenations, then an optional 2x upsampler."""
 
     def __init__(
@@ -419,7 +447,8 @@ class UpBlock2D(_CheckpointFlag):
         ckpt = self._ckpt()
         skips = list(res_hidden_states_tuple)
         for resnet in self.resnets:
-            hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
+            hidden_states, skip = self._freeu(hidden_states, skips.pop())
+            hidden_states = torch.cat([hidden_states, skip], dim=1)
             hidden_states = _run(resnet, ckpt, hidden_states, temb)
         if self.upsamplers is not None:
             for up in self.upsamplers:
@@ -427,7 +456,7 @@ class UpBlock2D(_CheckpointFlag):
         return hidden_states
 
 
-class CrossAttnUpBlock2D(_CheckpointFlag):
+class CrossAttnUpBlock2D(_FreeUMixin, _CheckpointFlag):
     """(resnet over hidden+skip, spatial transformer) pairs, then an optional 2x upsampler."""
 
     has_cross_attention = True
@@ -509,7 +538,8 @@ class CrossAttnUpBlock2D(_CheckpointFlag):
         ckpt = self._ckpt()
         skips = list(res_hidden_states_tuple)
         for resnet, attn in zip(self.resnets, self.attentions):
-            hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
+            hidden_states, skip = self._freeu(hidden_states, skips.pop())
+            hidden_states = torch.cat([hidden_states, skip], dim=1)
             hidden_states = _run(resnet, ckpt, hidden_states, temb)
             hidden_states = attn(
                 hidden_states,

@@ -122,3 +122,53 @@ def test_spec_load_real_components(tmp_path):
     assert isinstance(tok, CLIPTokenizer) and tok._diffblocks_load_id == f"{tmp_path}|tokenizer|null|null"
     with pytest.raises(ValueError, match="Unable to load vae without `type_hint`"):
         ComponentSpec("vae", pretrained_model_name_or_path=str(tmp_path), subfolder="missing").load()
+
+
+def _vae_block():
+    from diffblocks import AutoencoderKL
+    from diffblocks.modular_pipelines import ComponentSpec, InputParam, ModularPipelineBlocks
+
+    class VaeBlock(ModularPipelineBlocks):
+        @property
+        def expected_components(self):
+            return [ComponentSpec("vae", AutoencoderKL), ComponentSpec("vae_fp16", AutoencoderKL)]
+
+        @property
+        def inputs(self):
+            return [InputParam("x")]
+
+        def __call__(self, components, state):
+            return components, state
+
+    return VaeBlock()
+
+
+def test_hub_repo_index_pointing_at_another_repo_with_variant(tmp_path):
+    """A cached Hub repo whose index names components of another cached repo (subfolder, variant, revision)."""
+    from diffblocks import AutoencoderKL
+    from tests.fixtures.tiny import fill_hf_cache, save_component, tiny_vae_config
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**tiny_vae_config())
+    ckpt = tmp_path / "ckpt"
+    save_component(vae, str(ckpt / "vae"), variant="fp16")
+    cache = str(tmp_path / "cache")
+    fill_hf_cache(cache, "org/weights", str(ckpt))
+    spec = {"type_hint": ["diffusers", "AutoencoderKL"], "pretrained_model_name_or_path": "org/weights",
+            "subfolder": "vae", "variant": None, "revision": "main"}
+    index = {"_class_name": "ModularPipeline", "_blocks_class_name": "VaeBlock",
+             "vae": ["diffusers", "AutoencoderKL", spec],
+             "vae_fp16": ["diffusers", "AutoencoderKL", {**spec, "variant": "fp16"}]}
+    (tmp_path / "modular").mkdir()
+    (tmp_path / "modular" / "modular_model_index.json").write_text(json.dumps(index))
+    fill_hf_cache(cache, "org/modular", str(tmp_path / "modular"))
+
+    pipe = ModularPipeline(_vae_block(), "org/modular", cache_dir=cache)
+    assert pipe.get_component_spec("vae_fp16").load_id == "org/weights|vae|fp16|main"
+    assert pipe.null_component_names == ["vae", "vae_fp16"]
+    pipe.load_components(cache_dir=cache)
+    assert pipe.null_component_names == []
+    # the fp16 variant file was read (values rounded to half precision), then cast to the default dtype
+    torch.testing.assert_close(pipe.vae_fp16.decoder.conv_out.weight, vae.decoder.conv_out.weight.half().float())
+    torch.testing.assert_close(pipe.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    assert not torch.equal(pipe.vae.decoder.conv_out.weight, pipe.vae_fp16.decoder.conv_out.weight)

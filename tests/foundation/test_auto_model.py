@@ -149,3 +149,14 @@ def test_repo_id_online_cached_is_one_metadata_call(te_folder, tinynet_registere
     unet = AutoModel.from_pretrained("org/pipe", subfolder="unet", cache_dir=cache)
     assert calls == ["org/pipe", "org/pipe"] and unet.config._name_or_path == "org/pipe"
     assert unet._diffblocks_load_id == "org/pipe|unet|null|null"
+
+
+def test_repo_id_offline_errors_come_from_the_local_folder(te_folder, tinynet_registered, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cache = str(tmp_path / "cache")
+    fill_hf_cache(cache, "org/pipe", te_folder)
+    with pytest.raises(ValueError, match=r"`variant=bf16`, but no such modeling files are available"):
+        AutoModel.from_pretrained("org/pipe", subfolder="unet", cache_dir=cache, variant="bf16")

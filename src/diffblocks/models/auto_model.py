@@ -210,19 +210,28 @@ def _fetch_component(path: str, subfolder: Optional[str], variant: Optional[str]
     def select(files):
         names = {f[len(prefix):] for f in files if f.startswith(prefix) and "/" not in f[len(prefix):]}
         where = prefix.rstrip("/") or "."
+        picked = ["model_index.json"] if "model_index.json" in files else []
         try:
             chosen = _select_weight_names(names, variant=variant, use_safetensors=use_safetensors, where=where)
-        except (EnvironmentError, ValueError) as diffusers_error:
+        except (EnvironmentError, ValueError):
             try:
                 chosen = _select_weight_names(names, variant=variant, use_safetensors=use_safetensors, where=where,
                                               weights_names=("model.safetensors", "pytorch_model.bin"))
             except (EnvironmentError, ValueError):
-                raise diffusers_error from None
-        picked = ["model_index.json"] if "model_index.json" in files else []
+                # no loadable weights selected: fetch the folder's small files only (configs, tokenizer or
+                # scheduler files); a model class then reports the precise problem from the local folder
+                return picked + [prefix + n for n in sorted(names) if not _is_weight_like(n)]
         picked += [prefix + n for n in ["config.json", *chosen] + [a for a in _TRANSFORMERS_AUX if a in names]]
         return picked
 
     return resolve_folder(path, select=select, **hub)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".onnx", ".pb", ".ckpt", ".pt", ".pth", ".h5", ".gguf")
+
+
+def _is_weight_like(name: str) -> bool:
+    return name.endswith(_WEIGHT_SUFFIXES) or (".index" in name and name.endswith(".json"))
 
 
 def _record_name_or_path(model: Any, name: str) -> None:

@@ -132,3 +132,12 @@ def tiny_folder(tmp_path_factory):
     pipe.save_pretrained(path)
     return path
 
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny models run fastest single-threaded, and far faster when the 2-core CI box is shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

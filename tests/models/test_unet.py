@@ -334,3 +334,40 @@ def test_freeu_parity(sd_pair):
     assert torch.equal(after, plain)
     with pytest.raises(TypeError, match="`b1` must be a number"):
         ours.enable_freeu(0.9, 0.2, "1.5", 1.6)
+
+
+def test_ip_adapter_processor_parity_with_diffusers(sd_pair):
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0 as RefIP
+
+    from diffblocks.models.attention import IPAdapterAttnProcessor2_0
+
+    ours, ref = sd_pair
+    g = torch.Generator().manual_seed(8)
+    procs_o, procs_r = {}, {}
+    for name, proc in ours.attn_processors.items():
+        if name.endswith("attn1.processor"):
+            procs_o[name], procs_r[name] = proc, ref.attn_processors[name]
+            continue
+        hidden = 64  # every cross-attention layer of the tiny sd UNet is in the 64-channel blocks
+        po = IPAdapterAttnProcessor2_0(hidden, cross_attention_dim=32, num_tokens=(4, 2), scale=[0.7, 0.0])
+        pr = RefIP(hidden, cross_attention_dim=32, num_tokens=(4, 2), scale=[0.7, 0.0])
+        for p in po.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+        pr.load_state_dict(po.state_dict())
+        procs_o[name], procs_r[name] = po, pr
+    ours.set_attn_processor(procs_o)
+    ref.set_attn_processor(procs_r)
+    try:
+        key = "up_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_ip.1.weight"
+        assert key in ours.state_dict() and key in ref.state_dict()
+        x, ctx, _ = _inputs(tiny_unet_config("sd"))
+        image_states = [torch.randn(2, 4, 32, generator=g), torch.randn(2, 2, 32, generator=g)]
+        with torch.no_grad():
+            a = ours(x, 3, (ctx, image_states)).sample
+            b = ref(x, 3, (ctx, image_states)).sample
+            plain = ours(x, 3, (ctx, [s * 0 for s in image_states])).sample
+        assert max_diff(a, b) <= TOL
+        assert max_diff(a, plain) > 1e-4
+    finally:
+        ours.set_default_attn_processor()
+        ref.set_default_attn_processor()

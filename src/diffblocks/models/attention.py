@@ -99,6 +99,113 @@ class AttnProcessor2_0:
 AttnProcessor = AttnProcessor2_0
 
 
+class IPAdapterAttnProcessor2_0(nn.Module):
+    """Cross-attention processor with IP-Adapter image prompts (decoupled cross-attention).
+
+    Receives ``encoder_hidden_states = (text_states, [image_states_per_adapter])`` (built by the UNet's
+    ``encoder_hid_proj`` when ``encoder_hid_dim_type == "ip_image_proj"``) and returns
+    ``attn(text) + sum_i scale_i * attn(q, to_k_ip[i](image_i), to_v_ip[i](image_i))``; a scale of 0 skips an
+    adapter.  Holds ``to_k_ip.{i}`` / ``to_v_ip.{i}`` (``Linear(cross_attention_dim, hidden_size, bias=False)``),
+    which appear in the UNet state dict under ``...attn2.processor.``.  ``ip_adapter_masks`` are not supported.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        cross_attention_dim: Optional[int] = None,
+        num_tokens: Union[int, Tuple[int, ...], list] = (4,),
+        scale: Union[float, list] = 1.0,
+    ):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.cross_attention_dim = cross_attention_dim
+        num_tokens = list(num_tokens) if isinstance(num_tokens, (tuple, list)) else [num_tokens]
+        self.num_tokens = num_tokens
+        scale = scale if isinstance(scale, list) else [scale] * len(num_tokens)
+        if len(scale) != len(num_tokens):
+            raise ValueError(
+                f"`scale` has {len(scale)} entries but there are {len(num_tokens)} IP-Adapters (`num_tokens`)"
+            )
+        self.scale = scale
+        in_dim = cross_attention_dim if cross_attention_dim is not None else hidden_size
+        self.to_k_ip = nn.ModuleList([nn.Linear(in_dim, hidden_size, bias=False) for _ in num_tokens])
+        self.to_v_ip = nn.ModuleList([nn.Linear(in_dim, hidden_size, bias=False) for _ in num_tokens])
+
+    def __call__(
+        self,
+        attn: "Attention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[Any] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        temb: Optional[torch.Tensor] = None,
+        scale: float = 1.0,
+        ip_adapter_masks: Optional[Any] = None,
+    ) -> torch.Tensor:
+        if ip_adapter_masks is not None:
+            raise ValueError("`ip_adapter_masks` are not supported by diffblocks' IP-Adapter processor yet")
+        if isinstance(encoder_hidden_states, (tuple, list)) and len(encoder_hidden_states) == 2:
+            text_states, image_states = encoder_hidden_states
+        elif isinstance(encoder_hidden_states, torch.Tensor):
+            # legacy layout: image tokens appended after the text tokens
+            end = encoder_hidden_states.shape[1] - self.num_tokens[0]
+            text_states, image_states = encoder_hidden_states[:, :end], [encoder_hidden_states[:, end:]]
+        else:
+            raise ValueError(
+                "IP-Adapter attention expects `encoder_hidden_states` as (text_states, [image_states, ...]), got "
+                f"{type(encoder_hidden_states).__name__}"
+            )
+        if len(image_states) != len(self.scale):
+            raise ValueError(
+                f"got image states for {len(image_states)} IP-Adapters but this layer has {len(self.scale)}"
+            )
+
+        residual = hidden_states
+        spatial = hidden_states.ndim == 4
+        if spatial:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross is not None:
+            text_states = attn.norm_cross(text_states)
+
+        heads = attn.heads
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(text_states)
+        value = attn.to_v(text_states)
+        head_dim = key.shape[-1] // heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, -1, heads, head_dim).transpose(1, 2)
+
+        def merge(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+
+        query = split(query)
+        mask = None
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch).to(query.dtype)
+        out = merge(F.scaled_dot_product_attention(query, split(key), split(value), attn_mask=mask))
+
+        for states, weight, to_k, to_v in zip(image_states, self.scale, self.to_k_ip, self.to_v_ip):
+            if (all(x == 0 for x in weight) if isinstance(weight, list) else weight == 0):
+                continue
+            if isinstance(weight, list):
+                raise ValueError("per-image IP-Adapter scales need `ip_adapter_masks`, which are not supported yet")
+            ip = F.scaled_dot_product_attention(query, split(to_k(states)), split(to_v(states)))
+            out = out + weight * merge(ip)
+
+        out = attn.to_out[1](attn.to_out[0](out))
+        if spatial:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        if attn.rescale_output_factor != 1.0:
+            out = out / attn.rescale_output_factor
+        return out
+
+
 def _accepted_kwargs(processor: Any) -> Optional[frozenset]:
     """Names a processor's ``__call__`` accepts, or None when it takes ``**kwargs`` (accepts anything)."""
     call = processor.__call__ if not inspect.isfunction(processor) else processor

@@ -240,10 +240,11 @@ class ClassifierFreeGuidance(ConfigMixin):
         """Combine branch predictions; with guidance off (or no ``pred_uncond``) the conditional one is returned."""
         if pred_uncond is None or not self._is_cfg_enabled():
             return GuiderOutput(pred_cond, pred_cond, pred_uncond)
+        # one fused kernel: lerp(a, b, w) = a + w * (b - a) (equal to the textbook formula up to rounding)
         if self.use_original_formulation:
-            pred = pred_cond + self.guidance_scale * (pred_cond - pred_uncond)
+            pred = torch.lerp(pred_cond, pred_uncond, -self.guidance_scale)
         else:
-            pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
+            pred = torch.lerp(pred_uncond, pred_cond, self.guidance_scale)
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
         return GuiderOutput(pred, pred_cond, pred_uncond)

@@ -80,13 +80,27 @@ def test_text2img_pt_images_per_prompt_euler_ancestral(loaded):
     assert_close(ours, theirs)
 
 
+def _clip_skip_embeds(pipe, prompt, clip_skip):
+    """Reference clip-skip embeddings (diffusers 0.42's own clip_skip path fails with transformers 5)."""
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        return pipe.text_encoder.final_layer_norm(hidden)
+
+
 def test_text2img_pil_sd2_vpred_clip_skip_rescale(loaded):
-    ours, theirs = run_both(
-        loaded, "sd2", "StableDiffusionPipeline", prompt="a castle", clip_skip=1, guidance_rescale=0.7,
-        guidance_scale=5.0, num_inference_steps=2, output_type="pil", **SIZE,
-    )
+    ours_pipe = make(loaded, "ours", "sd2", "StableDiffusionPipeline")
+    theirs_pipe = make(loaded, "theirs", "sd2", "StableDiffusionPipeline")
+    kw = dict(guidance_rescale=0.7, guidance_scale=5.0, num_inference_steps=2, output_type="pil", **SIZE)
+    ours = ours_pipe(prompt="a castle", clip_skip=1, generator=torch.Generator().manual_seed(0), **kw)
+    theirs = theirs_pipe(prompt_embeds=_clip_skip_embeds(theirs_pipe, "a castle", 1),
+                         generator=torch.Generator().manual_seed(0), **kw)
     assert isinstance(ours.images[0], PIL.Image.Image) and ours.images[0].size == (32, 32)
     assert_close(ours, theirs, tol=1 / 255 + 1e-6)  # PIL rounds to 8 bits
+    # clip_skip changes the result
+    plain = ours_pipe(prompt="a castle", generator=torch.Generator().manual_seed(0), **kw)
+    assert np.abs(_as_np(plain.images) - _as_np(ours.images)).max() > 1 / 255
 
 
 def test_text2img_latent_and_tuple_and_generator_list(loaded):
@@ -211,7 +225,7 @@ def test_interrupt_and_num_timesteps(loaded):
 
     pipe("x", num_inference_steps=4, output_type="latent", callback_on_step_end=callback, **SIZE)
     assert steps == [0, 1]
-    assert pipe.num_timesteps == 4 and pipe.interrupt is True
+    assert pipe.num_timesteps == len(pipe.scheduler.timesteps) == 5 and pipe.interrupt is True  # PNDM: 4 steps, 5 t
     assert pipe.guidance_scale == 7.5 and pipe.do_classifier_free_guidance is True
 
 

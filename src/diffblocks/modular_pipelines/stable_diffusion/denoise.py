@@ -140,7 +140,7 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
         batches = guider.prepare_inputs(
             {
                 "sample": (x, x),
-                "encoder_hidden_states": (block_state.prompt_embeds, block_state.negative_prompt_embeds),
+                "encoder_hidden_states": (block_state.prompt_embeds, getattr(block_state, "negative_prompt_embeds", None)),
             }
         )
         unet = components.unet
@@ -274,6 +274,7 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
         if callback is not None and hasattr(callback, "tensor_inputs"):
             tensor_names = callback.tensor_inputs
         last = len(timesteps) - 1
+        interruptible = hasattr(components, "_interrupt")
         guider.reset_cache()
         try:
             # a classic pipeline holding the components has its own progress-bar settings
@@ -281,32 +282,56 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
             make_bar = make_bar if callable(make_bar) else self.progress_bar
             with make_bar(total=bs.num_inference_steps) as bar:
                 for i, t in enumerate(timesteps):
-                    if getattr(components, "_interrupt", False):
+                    if interruptible and components._interrupt:
                         continue
-                    components, bs = self.loop_step(components, bs, i=i, t=t)
+                    components, bs = self._step(components, bs, i, t)
                     if callback is not None:
                         self._run_callback(components, bs, callback, tensor_names, i, t)
                     if i == last or ((i + 1) > warmup and (i + 1) % order == 0):
                         bar.update()
         finally:
             guider.reset_cache()
+            self.__dict__.pop("_fast_steps", None)
         bs.__dict__.pop("_step_kwargs", None)
         self.set_block_state(state, bs)
         return components, state
 
+    def _step(self, components, bs, i, t):
+        # same as ``loop_step`` (which a subclass may override) without re-walking ``sub_blocks`` every step
+        if type(self).loop_step is not LoopSequentialPipelineBlocks.loop_step:
+            return self.loop_step(components, bs, i=i, t=t)
+        steps = self.__dict__.get("_fast_steps")
+        if steps is None:
+            steps = tuple(self.sub_blocks.items())
+            self.__dict__["_fast_steps"] = steps
+        name = block = None
+        try:
+            for name, block in steps:
+                components, bs = block(components, bs, i=i, t=t)
+        except Exception as err:
+            report = getattr(self, "_report_error", None)
+            if report is not None:
+                report(name, block, err)
+            raise
+        return components, bs
+
     @staticmethod
     def _run_callback(components, bs, callback, names, i, t) -> None:
-        merged = getattr(components, "_callback_merges_embeds", False)
+        merged = (
+            getattr(components, "_callback_merges_embeds", False)
+            and getattr(bs, "negative_prompt_embeds", None) is not None
+            and components.guider.num_conditions > 1
+        )
         tensors = {}
         for name in names:
             value = getattr(bs, name, None)
-            if merged and name == "prompt_embeds" and bs.negative_prompt_embeds is not None:
+            if merged and name == "prompt_embeds":
                 # the classic pipelines expose the CFG batch [negative, positive] under this name
                 value = torch.cat([bs.negative_prompt_embeds, value])
             tensors[name] = value
         outputs = callback(components, i, t, tensors) or {}
         for name, value in outputs.items():
-            if merged and name == "prompt_embeds" and value is not None and bs.negative_prompt_embeds is not None:
+            if merged and name == "prompt_embeds" and value is not None:
                 rows = bs.negative_prompt_embeds.shape[0]
                 if value.shape[0] == 2 * rows:
                     bs.negative_prompt_embeds, value = value[:rows], value[rows:]

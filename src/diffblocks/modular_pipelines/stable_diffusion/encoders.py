@@ -119,7 +119,8 @@ def encode_texts(
         return text_encoder(ids.to(device), attention_mask=mask)[0]
     out = text_encoder(ids.to(device), attention_mask=mask, output_hidden_states=True)
     hidden = out.hidden_states[-(clip_skip + 1)]
-    return text_encoder.text_model.final_layer_norm(hidden)
+    # transformers < 5 nests the layers under `text_model`; 5.x puts them on the model itself
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
 
 
 def _check_prompt(prompt: Any, name: str) -> None:

@@ -719,3 +719,23 @@ def test_incomplete_cached_snapshot_offline_is_a_clear_error(tiny_classes, tiny_
     # a component passed by the caller is not needed from the cache at all
     pipe = DiffusionPipeline.from_pretrained("tiny-org/partial", cache_dir=cache, unet=TinyDenoiser())
     assert isinstance(pipe.unet, TinyDenoiser)
+
+
+def test_loading_options_reach_the_components(tiny_classes, tiny_folder):
+    from diffblocks.pipelines.pipeline_utils import _check_device_map
+
+    slow = DiffusionPipeline.from_pretrained(tiny_folder, low_cpu_mem_usage=False)
+    assert _same_weights(slow.unet, DiffusionPipeline.from_pretrained(tiny_folder).unet)
+    with pytest.raises(OSError, match="Error no file named .*pytorch_model.bin"):
+        DiffusionPipeline.from_pretrained(tiny_folder, use_safetensors=False)
+    with pytest.raises(TypeError, match="`use_safetensors` must be None, True or False"):
+        DiffusionPipeline.from_pretrained(tiny_folder, use_safetensors="yes")
+    with pytest.raises(TypeError, match="`variant` must be a str"):
+        DiffusionPipeline.from_pretrained(tiny_folder, variant=16)
+    with pytest.raises(ValueError, match="`device_map` must be a string"):
+        DiffusionPipeline.from_pretrained(tiny_folder, device_map={"unet": 0})
+    assert _check_device_map("cuda:1") == torch.device("cuda", 1)  # one device: load, then move there
+    with pytest.raises(NotImplementedError, match="nowhere not supported"):
+        _check_device_map("nowhere")
+    with pytest.raises(ValueError, match="`custom_pipeline='lpw_stable_diffusion'` is not supported"):
+        DiffusionPipeline.from_pretrained(tiny_folder, custom_pipeline="lpw_stable_diffusion")

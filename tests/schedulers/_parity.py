@@ -9,10 +9,11 @@ import torch
 
 import diffblocks.schedulers as ours
 
-# single steps from identical inputs must agree to 1e-6 (relative to the sample's scale); whole loops
-# accumulate float32 round-off (we fold scalar factors into fewer tensor ops), so they get 2e-6.
+# Errors are measured relative to the largest magnitude of the reference tensor. Single steps from identical
+# inputs and whole loops must agree to 1e-6; the one exception (third-order singlestep SDE-DPM-Solver++, whose
+# long chains of float32 differences amplify last-bit rounding) gets 2e-6 (see test_parity.py).
 STEP_TOL = 1e-6
-LOOP_TOL = 2e-6
+LOOP_TOL = 1e-6
 
 
 def both(name: str, config: Dict[str, Any]):
@@ -82,16 +83,16 @@ def assert_schedule_equal(ref, mine) -> None:
 
 
 def check_parity(name: str, config: Dict[str, Any], num_steps: Optional[int] = 10, set_kwargs=None,
-                 step_kwargs=None, seed: Optional[int] = None) -> float:
+                 step_kwargs=None, seed: Optional[int] = None, tol: float = LOOP_TOL) -> float:
     ref, mine = both(name, config)
     xr, x0r = run_loop(ref, num_steps, set_kwargs, step_kwargs, seed, record_x0=True)
     xm, x0m = run_loop(mine, num_steps, set_kwargs, step_kwargs, seed, record_x0=True)
     assert_schedule_equal(ref, mine)
     assert torch.isfinite(xm).all()
     err = rel_err(xm, xr)
-    assert err <= LOOP_TOL, f"{name} {config}: full-loop relative error {err:.3e} > {LOOP_TOL}"
+    assert err <= tol, f"{name} {config}: full-loop relative error {err:.3e} > {tol}"
     if x0r and x0m:
         assert len(x0r) == len(x0m)
         e0 = rel_err(x0m[-1], x0r[-1])
-        assert e0 <= LOOP_TOL, f"{name} {config}: pred_original_sample relative error {e0:.3e}"
+        assert e0 <= tol, f"{name} {config}: pred_original_sample relative error {e0:.3e}"
     return err

@@ -24,11 +24,11 @@ from .scheduling_utils import (
 
 
 def lincomb(terms: Sequence[Tuple[float, torch.Tensor]]) -> torch.Tensor:
-    """sum(c * x) over (c, x) pairs, one tensor operation per term."""
+    """sum(c * x) over (c, x) pairs, accumulated left to right."""
     (c0, x0), rest = terms[0], terms[1:]
     acc = x0 * c0
     for c, x in rest:
-        acc = torch.add(acc, x, alpha=c)
+        acc = acc + x * c  # product rounded on its own, then summed: the reference's rounding, term by term
     return acc
 
 

@@ -148,16 +148,16 @@ class DEISMultistepScheduler(MultistepMixin, ConfigMixin):
             r_t, r0, r1 = self._rho(i + 1), self._rho(i), self._rho(i - 1)
             c1 = _logrho_weight2(r_t, r0, r1) - _logrho_weight2(r0, r0, r1)
             c2 = _logrho_weight2(r_t, r1, r0) - _logrho_weight2(r0, r1, r0)
-            at = float(a_t)
-            prev = lincomb([(at / float(a_s0), sample), (at * float(c1), eps), (at * float(c2), self.model_outputs[-2])])
+            inner = sample / float(a_s0) + eps * float(c1) + self.model_outputs[-2] * float(c2)
+            prev = inner * float(a_t)
         else:
             r_t, r0, r1, r2 = self._rho(i + 1), self._rho(i), self._rho(i - 1), self._rho(i - 2)
             c1 = _logrho_weight3(r_t, r0, r1, r2) - _logrho_weight3(r0, r0, r1, r2)
             c2 = _logrho_weight3(r_t, r1, r2, r0) - _logrho_weight3(r0, r1, r2, r0)
             c3 = _logrho_weight3(r_t, r2, r0, r1) - _logrho_weight3(r0, r2, r0, r1)
-            at = float(a_t)
-            prev = lincomb([(at / float(a_s0), sample), (at * float(c1), eps), (at * float(c2), self.model_outputs[-2]),
-                            (at * float(c3), self.model_outputs[-3])])
+            inner = (sample / float(a_s0) + eps * float(c1) + self.model_outputs[-2] * float(c2)
+                     + self.model_outputs[-3] * float(c3))
+            prev = inner * float(a_t)
         if self.lower_order_nums < cfg.solver_order:
             self.lower_order_nums += 1
         self._step_index = i + 1

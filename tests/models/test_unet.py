@@ -371,3 +371,12 @@ def test_ip_adapter_processor_parity_with_diffusers(sd_pair):
     finally:
         ours.set_default_attn_processor()
         ref.set_default_attn_processor()
+
+
+def test_missing_text_states_is_a_clear_error(sd_pair):
+    ours, _ = sd_pair
+    x, _, _ = _inputs(tiny_unet_config("sd"))
+    with pytest.raises(ValueError, match="`encoder_hidden_states` is required"):
+        ours(x, 1, None)
+    with pytest.raises(ValueError, match=r"`sample` must be a 4-D tensor"):
+        ours(x[0], 1, torch.zeros(1, 7, 32))

@@ -452,6 +452,11 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
         """
         if sample.ndim != 4:
             raise ValueError(f"`sample` must be a 4-D tensor (batch, channels, height, width), got shape {tuple(sample.shape)}")
+        if encoder_hidden_states is None and self._uses_cross_attention():
+            raise ValueError(
+                "`encoder_hidden_states` is required: this UNet has cross-attention layers (pass the text encoder's "
+                "hidden states, shape (batch, tokens, cross_attention_dim))"
+            )
         cross_attention_kwargs, lora_scale = split_lora_scale(cross_attention_kwargs)
         if lora_scale != 1.0:
             scale_lora_layers(self, lora_scale)
@@ -474,6 +479,10 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
         finally:
             if lora_scale != 1.0:
                 unscale_lora_layers(self, lora_scale)
+
+    def _uses_cross_attention(self) -> bool:
+        blocks = list(self.down_blocks) + [self.mid_block]
+        return any(getattr(b, "has_cross_attention", False) for b in blocks)
 
     def _forward(
         self,

@@ -739,3 +739,38 @@ def test_loading_options_reach_the_components(tiny_classes, tiny_folder):
         _check_device_map("nowhere")
     with pytest.raises(ValueError, match="`custom_pipeline='lpw_stable_diffusion'` is not supported"):
         DiffusionPipeline.from_pretrained(tiny_folder, custom_pipeline="lpw_stable_diffusion")
+
+
+def test_cached_repo_online_costs_one_metadata_request(tiny_classes, tiny_folder, tmp_path, monkeypatch):
+    """Online with everything cached: one model_info call, no download, no per-file HEAD request."""
+    import types as _types
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from tests.fixtures.tiny import fill_hf_cache
+
+    cache = str(tmp_path / "cache")
+    snapshot = fill_hf_cache(cache, "tiny-org/online", tiny_folder)
+    commit = os.path.basename(snapshot)
+    files = []
+    for root, _, names in os.walk(snapshot):
+        files += [os.path.relpath(os.path.join(root, n), snapshot).replace(os.sep, "/") for n in names]
+    files.append("unet/diffusion_pytorch_model.bin")  # on the Hub but not wanted (safetensors preferred)
+    calls = []
+
+    def model_info(self, repo_id, revision=None, token=None, **kw):
+        calls.append(repo_id)
+        return _types.SimpleNamespace(sha=commit, siblings=[_types.SimpleNamespace(rfilename=f) for f in files])
+
+    def no_network(*a, **k):
+        raise AssertionError("unexpected download")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    pipe = DiffusionPipeline.from_pretrained("tiny-org/online", cache_dir=cache)
+    assert calls == ["tiny-org/online"]
+    assert type(pipe) is TinyPipeline

@@ -1340,14 +1340,24 @@ def _download_pipeline_folder(
         )
     from .. import hub
 
-    hub_kwargs = dict(cache_dir=cache_dir, revision=revision, local_files_only=bool(local_files_only), token=token)
-    index_path = hub.resolve_file(repo_id, MODEL_INDEX_NAME, force_download=force_download, **hub_kwargs)
+    warn_revision = getattr(hub, "_warn_deprecated_revision", None)
+    if callable(warn_revision):
+        warn_revision(revision)
+    offline = bool(local_files_only) or hub.is_offline()
+    # one metadata round trip: the repo's commit and file list (from the cache when offline)
+    commit, files, _ = hub.repo_file_list(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+                                          token=token)
+    snapshot = hub.cached_snapshot(repo_id, commit, cache_dir) if commit else None
+    index_path = os.path.join(snapshot, MODEL_INDEX_NAME) if snapshot else None
+    if index_path is None or not os.path.isfile(index_path) or force_download:
+        index_path = hub.resolve_file(repo_id, MODEL_INDEX_NAME, revision=commit or revision, cache_dir=cache_dir,
+                                      local_files_only=offline, token=token, force_download=force_download)
     with open(index_path, "r", encoding="utf-8") as handle:
         model_index = json.load(handle)
-
-    def select(files: List[str]) -> List[str]:
-        return pipeline_allow_patterns(
-            files, model_index, variant=variant, use_safetensors=use_safetensors, skip_components=skip_components
-        )
-
-    return hub.resolve_folder(repo_id, select=select, force_download=force_download, **hub_kwargs)
+    wanted = pipeline_allow_patterns(
+        files, model_index, variant=variant, use_safetensors=use_safetensors, skip_components=skip_components
+    )
+    if snapshot and not force_download and all(os.path.isfile(os.path.join(snapshot, f)) for f in wanted):
+        return snapshot  # everything needed is cached for the current commit: no further request
+    return hub.resolve_folder(repo_id, allow_patterns=wanted, revision=commit or revision, cache_dir=cache_dir,
+                              local_files_only=offline, token=token, force_download=force_download)

@@ -32,6 +32,15 @@ def lincomb(terms: Sequence[Tuple[float, torch.Tensor]]) -> torch.Tensor:
     return acc
 
 
+def lincomb_fused(terms: Sequence[Tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """sum(c * x) with one fused multiply-add per term (fewer tensor passes, last-bit rounding may differ)."""
+    (c0, x0), rest = terms[0], terms[1:]
+    acc = x0 * c0
+    for c, x in rest:
+        acc = torch.add(acc, x, alpha=c)
+    return acc
+
+
 class MultistepMixin(SchedulerMixin):
     """Bookkeeping, schedule construction and noise helpers shared by the multistep solvers."""
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..configuration import ConfigMixin, register_to_config
-from ._multistep_common import MultistepMixin, lincomb
+from ._multistep_common import MultistepMixin, lincomb_fused as lincomb
 from .scheduling_utils import (
     KARRAS_COMPATIBLES,
     SchedulerOutput,
@@ -219,8 +219,11 @@ class UniPCMultistepScheduler(MultistepMixin, ConfigMixin):
             else:
                 rhos = torch.linalg.solve(R[:-1, :-1], b[:-1]).to(x.dtype)
             d1s = [(self.model_outputs[-(k + 2)] - m0) / float(rk) for k, rk in enumerate(rks)]
-            res = lincomb([(float(rhos[k]), d) for k, d in enumerate(d1s)])
-            terms.append((-float(scale * B_h), res))
+            if len(d1s) == 1:  # rho = 0.5 for order 2: scaling by a power of two is exact, fold it
+                terms.append((-float(scale * B_h) * float(rhos[0]), d1s[0]))
+            else:
+                res = lincomb([(float(rhos[k]), d) for k, d in enumerate(d1s)])
+                terms.append((-float(scale * B_h), res))
         return lincomb(terms).to(x.dtype)
 
     def multistep_uni_c_bh_update(self, this_model_output: torch.Tensor, *args, last_sample: Optional[torch.Tensor] = None,
@@ -237,9 +240,12 @@ class UniPCMultistepScheduler(MultistepMixin, ConfigMixin):
         else:
             rhos = torch.linalg.solve(R, b).to(x.dtype)
         d1_t = this_model_output - m0
-        parts = [(float(rhos[k]), (self.model_outputs[-(k + 2)] - m0) / float(rk)) for k, rk in enumerate(rks)]
-        parts.append((float(rhos[-1]), d1_t))
-        terms.append((-float(scale * B_h), lincomb(parts)))
+        if not rks:  # first-order corrector, rho = 0.5 (exact to fold)
+            terms.append((-float(scale * B_h) * float(rhos[-1]), d1_t))
+        else:
+            parts = [(float(rhos[k]), (self.model_outputs[-(k + 2)] - m0) / float(rk)) for k, rk in enumerate(rks)]
+            parts.append((float(rhos[-1]), d1_t))
+            terms.append((-float(scale * B_h), lincomb(parts)))
         return lincomb(terms).to(x.dtype)
 
     def step(self, model_output: torch.Tensor, timestep: Union[int, torch.Tensor], sample: torch.Tensor,

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Any, Dict, Optional, Union
 
 from ..configuration import ConfigMixin
-from .pipeline_utils import MODEL_INDEX_NAME, DiffusionPipeline, resolve_own_class
+from .pipeline_utils import MODEL_INDEX_NAME, DiffusionPipeline, _download_pipeline_folder, resolve_own_class
 
 logger = logging.getLogger(__name__)
 
@@ -191,19 +191,28 @@ class _AutoPipelineBase(ConfigMixin):
                 f"{pretrained_model_or_path!r}"
             )
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-        if os.path.isdir(os.fspath(pretrained_model_or_path)):
-            class_name = _read_class_name(pretrained_model_or_path, {})
+        name_or_path = os.fspath(pretrained_model_or_path)
+        if os.path.isdir(name_or_path):
+            folder = name_or_path
         else:
-            from .. import hub
-
-            index = hub.resolve_file(
-                os.fspath(pretrained_model_or_path), MODEL_INDEX_NAME,
-                **{k: v for k, v in hub_kwargs.items() if k != "proxies"},
+            # resolve the repo once (one metadata request when cached) and load from the snapshot folder
+            folder = _download_pipeline_folder(
+                name_or_path,
+                cache_dir=hub_kwargs.get("cache_dir"),
+                revision=hub_kwargs.get("revision"),
+                local_files_only=hub_kwargs.get("local_files_only"),
+                token=hub_kwargs.get("token"),
+                force_download=bool(hub_kwargs.get("force_download", False)),
+                variant=kwargs.get("variant"),
+                use_safetensors=kwargs.get("use_safetensors"),
+                skip_components=list(kwargs),
             )
-            class_name = _read_class_name(index, {})
+        class_name = _read_class_name(folder, {})
         name = cls._name_for_pretrained(class_name, kwargs)
         task_class = _get_task_class(cls._mapping, name)
-        return task_class.from_pretrained(pretrained_model_or_path, **hub_kwargs, **kwargs)
+        pipeline = task_class.from_pretrained(folder, **kwargs)
+        pipeline.register_to_config(_name_or_path=name_or_path)
+        return pipeline
 
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> DiffusionPipeline:

@@ -105,6 +105,23 @@ def tiny_classes(monkeypatch):
     return module
 
 
+_TOKENIZER_DIR = []
+
+
+def _tokenizer_dir(writer) -> str:
+    """One tokenizer folder per test session, removed at exit."""
+    if not _TOKENIZER_DIR:
+        import atexit
+        import shutil
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="diffblocks-tok-")
+        writer(path)
+        atexit.register(shutil.rmtree, path, True)
+        _TOKENIZER_DIR.append(path)
+    return _TOKENIZER_DIR[0]
+
+
 def make_components(seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -114,11 +131,7 @@ def make_components(seed: int = 0):
     torch.manual_seed(seed)
     unet = TinyDenoiser().eval()
     text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_clip_text_config())).eval()
-    import tempfile
-
-    tok_dir = tempfile.mkdtemp(prefix="tok-")
-    write_tiny_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(_tokenizer_dir(write_tiny_tokenizer))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     return dict(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                 safety_checker=None, feature_extractor=None)

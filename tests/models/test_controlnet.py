@@ -161,6 +161,10 @@ def test_bad_inputs_are_named():
     x, ctx, image, _ = _inputs(controlnet_config("sd"))
     with pytest.raises(ValueError, match="`controlnet_cond` must be a 4-D tensor"):
         model(x, 1, ctx, image[0])
+    with pytest.raises(ValueError, match="`encoder_hidden_states` is required"):
+        model(x, 1, None, image)
+    with pytest.raises(ValueError, match="`sample` must be a 4-D tensor"):
+        model(x[0], 1, ctx, image)
 
 
 def test_config_defaults_match_diffusers():

@@ -354,6 +354,13 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
                 "`controlnet_cond` must be a 4-D tensor (batch, channels, height, width), got "
                 f"{tuple(controlnet_cond.shape) if isinstance(controlnet_cond, torch.Tensor) else type(controlnet_cond).__name__}"
             )
+        if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
+            raise ValueError(
+                "`sample` must be a 4-D tensor (batch, channels, height, width), got "
+                f"{tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__}"
+            )
+        if encoder_hidden_states is None and any(getattr(b, "has_cross_attention", False) for b in self.down_blocks):
+            raise ValueError("`encoder_hidden_states` is required: this ControlNet has cross-attention layers")
         cross_attention_kwargs, lora_scale = split_lora_scale(cross_attention_kwargs)
         if lora_scale != 1.0:
             scale_lora_layers(self, lora_scale)

@@ -150,3 +150,32 @@ def test_utils_table_resolves_every_name():
 
     assert utils.randn_tensor is direct  # the diffusers import path `utils.torch_utils.randn_tensor` works too
     assert utils.PIL_INTERPOLATION["lanczos"] == PIL.Image.Resampling.LANCZOS
+
+
+def test_logging_module_like_diffusers(tiny_classes):
+    import logging as std
+
+    from diffblocks.utils import logging
+
+    from .conftest import TinyPipeline, make_components
+
+    before = std.getLogger("diffblocks").level
+    try:
+        logging.set_verbosity_error()
+        assert logging.get_verbosity() == std.ERROR
+        assert std.getLogger("diffblocks.pipelines.pipeline_utils").getEffectiveLevel() == std.ERROR
+        logging.set_verbosity("info")
+        assert logging.get_verbosity() == std.INFO
+        assert logging.get_logger("diffblocks.x").name == "diffblocks.x"
+        with pytest.raises(ValueError, match="`verbosity` must be one of"):
+            logging.set_verbosity("loud")
+    finally:
+        std.getLogger("diffblocks").setLevel(before)
+    pipe = TinyPipeline(**make_components())
+    try:
+        logging.disable_progress_bar()
+        assert pipe.progress_bar(total=2).disable is True
+        pipe.set_progress_bar_config(disable=False)  # an explicit pipeline setting wins
+        assert pipe.progress_bar(total=2).disable is False
+    finally:
+        logging.enable_progress_bar()

@@ -514,7 +514,10 @@ class DiffusionPipeline(ConfigMixin):
         elif not isinstance(config, dict):
             raise ValueError(f"`self._progress_bar_config` should be of type `dict`, but is {type(config)}.")
         options = dict(config)
-        options.setdefault("disable", None)
+        if "disable" not in options:
+            from ..utils.logging import is_progress_bar_enabled
+
+            options["disable"] = None if is_progress_bar_enabled() else True
         if iterable is not None:
             return tqdm(iterable, **options)
         if total is not None:

@@ -10,6 +10,8 @@ _EXPORTS = {
     "randn_tensor": ".torch_utils",
     "PIL_INTERPOLATION": ".image_utils",
     "BaseOutput": "..models.outputs",
+    "get_logger": ".logging",
 }
+# ``from diffblocks.utils import logging`` gives the submodule (diffusers scripts use it for set_verbosity_*)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

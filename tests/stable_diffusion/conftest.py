@@ -6,6 +6,9 @@ import os
 import pytest
 import torch
 
+# the machine is shared by several jobs: one intra-op thread avoids oversubscription (results are unaffected)
+torch.set_num_threads(1)
+
 
 def _build_diffusers_folder(path: str, kind: str, seed: int = 0) -> str:
     """Build a tiny pipeline with diffusers' own classes and ``save_pretrained`` it (the foreign checkpoint)."""

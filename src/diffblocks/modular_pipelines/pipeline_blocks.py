@@ -57,6 +57,7 @@ _COPIED = 2  # a private copy of a user input: write back when reassigned or mod
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None), tuple, frozenset)
+_ABSENT = object()
 
 
 def _private_copy(value: Any) -> Tuple[Any, Any]:
@@ -258,23 +259,32 @@ class ModularPipelineBlocks:
         for param in declared:
             name = param.name
             if name is not None:
-                if name in intermediates and intermediates[name] is not None:
-                    value = intermediates[name]
+                value = intermediates.get(name, _ABSENT)
+                if value is _ABSENT:
+                    value = user_inputs.get(name)
+                    if value is not None:
+                        if type(value) in _IMMUTABLE:
+                            origin[name] = (_SHARED, value, None)
+                        else:
+                            value, snapshot = _private_copy(value)
+                            origin[name] = (_COPIED, value, snapshot)
+                        data[name] = value
+                        continue
+                elif value is not None:
                     origin[name] = (_SHARED, value, None)
-                elif user_inputs.get(name) is not None and name not in intermediates:
-                    value, snapshot = _private_copy(user_inputs[name])
-                    origin[name] = (_COPIED, value, snapshot)
-                else:
-                    value = param.default
-                    if value is None:
-                        if param.required:
-                            raise ValueError(
-                                f"Required input '{name}' is missing (block {type(self).__name__}): pass "
-                                f"`{name}=...` to the pipeline call or add a block that produces it before this one."
-                            )
-                    else:
-                        value, _ = _private_copy(value)
-                    origin[name] = (_DEFAULTED, value, None)
+                    data[name] = value
+                    continue
+                # nothing in the state: the declared default (a private copy of it)
+                value = param.default
+                if value is None:
+                    if param.required:
+                        raise ValueError(
+                            f"Required input '{name}' is missing (block {type(self).__name__}): pass "
+                            f"`{name}=...` to the pipeline call or add a block that produces it before this one."
+                        )
+                elif type(value) not in _IMMUTABLE:
+                    value, _ = _private_copy(value)
+                origin[name] = (_DEFAULTED, value, None)
                 data[name] = value
             elif param.kwargs_type:
                 group_name = param.kwargs_type
@@ -292,8 +302,9 @@ class ModularPipelineBlocks:
                     data[key] = value
                     group[key] = value
                     origin[key] = (kind, value, snapshot)
-        block_state = BlockState(**data)
-        block_state.__dict__[_ORIGIN] = (self, declared, origin)
+        data[_ORIGIN] = (self, declared, origin)
+        block_state = BlockState.__new__(BlockState)
+        block_state.__dict__ = data
         return block_state
 
     def set_block_state(self, state: PipelineState, block_state: BlockState) -> None:
@@ -335,9 +346,17 @@ class ModularPipelineBlocks:
                 if name in written or name not in values:
                     continue
                 value = values[name]
-                if _changed(state, origin, name, value):
-                    state.set_intermediate(name, value, param.kwargs_type)
-                    written.add(name)
+                entry = origin.get(name) if origin is not None else None
+                if entry is not None and value is entry[1]:
+                    kind = entry[0]
+                    if kind == _SHARED or (kind == _DEFAULTED and value is None):
+                        continue
+                    if kind == _COPIED and not _modified(value, entry[2]):
+                        continue
+                elif entry is None and value is state.get(name):
+                    continue
+                state.set_intermediate(name, value, param.kwargs_type)
+                written.add(name)
             elif param.kwargs_type:
                 for key in list(state.kwargs_mapping.get(param.kwargs_type, ())):
                     if key in written or key not in values:

@@ -79,8 +79,11 @@ def test_new_single_dict_api():
 
 def test_state_copy_and_pickle():
     state = _seed_state()
+    state.set_intermediate("latents", torch.arange(6.0).reshape(2, 3))
     clone = copy.deepcopy(state)
     assert clone == state and clone is not state
+    clone.intermediates["latents"][0, 0] = 100.0
+    assert clone != state
     clone.set_intermediate("x", 1)
     assert "x" not in state
     restored = pickle.loads(pickle.dumps(state))
@@ -103,3 +106,5 @@ def test_block_state_attributes_and_repr():
     assert "'a': Tensor(dtype=torch.float32, shape=torch.Size([4]))" in text
     assert BlockState(a=1) == BlockState(a=1)
     assert BlockState(a=1) != BlockState(a=2)  # unlike upstream, different states differ
+    assert BlockState(t=torch.ones(3)) == BlockState(t=torch.ones(3))
+    assert BlockState(t=torch.ones(3)) != BlockState(t=torch.zeros(3))

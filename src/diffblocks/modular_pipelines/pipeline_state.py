@@ -28,6 +28,29 @@ def _format_value(value: Any) -> str:
     return repr(value)
 
 
+def _same_values(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Dict equality that also works for tensors (equal shape, dtype and values)."""
+    if a.keys() != b.keys():
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if x is y:
+            continue
+        if hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(y, "shape"):
+            try:
+                if x.shape != y.shape or x.dtype != y.dtype or not bool((x == y).all()):
+                    return False
+                continue
+            except Exception:
+                return False
+        try:
+            if not bool(x == y):
+                return False
+        except Exception:
+            return False
+    return True
+
+
 class PipelineState:
     """Inputs (immutable for blocks) and intermediates (mutable) of one pipeline run."""
 
@@ -155,10 +178,10 @@ class PipelineState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PipelineState):
             return NotImplemented
-        return (self._inputs, self.intermediates, self.kwargs_mapping) == (
-            other._inputs,
-            other.intermediates,
-            other.kwargs_mapping,
+        return (
+            _same_values(self._inputs, other._inputs)
+            and _same_values(self.intermediates, other.intermediates)
+            and self.kwargs_mapping == other.kwargs_mapping
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -209,19 +232,7 @@ class BlockState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BlockState):
             return NotImplemented
-        a, b = self.as_dict(), other.as_dict()
-        if a.keys() != b.keys():
-            return False
-        for key in a:
-            x, y = a[key], b[key]
-            if x is y:
-                continue
-            try:
-                if not bool(x == y):
-                    return False
-            except Exception:
-                return False
-        return True
+        return _same_values(self.as_dict(), other.as_dict())
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -228,3 +228,23 @@ def test_validate_requirements(caplog):
         validate_requirements({"torch": "bad spec"})
     with pytest.raises(ValueError, match="dictionary"):
         validate_requirements(["torch"])
+
+
+def test_component_spec_single_file(tmp_path):
+    class SingleFileModel(TinyModel):
+        @classmethod
+        def from_single_file(cls, path, torch_dtype=None, **kwargs):
+            model = cls()
+            model.loaded_from = (path, torch_dtype, kwargs)
+            return model
+
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"not really used")
+    spec = ComponentSpec("controlnet", SingleFileModel, pretrained_model_name_or_path=str(ckpt))
+    model = spec.load(torch_dtype=torch.float16, config="cfg-dir")
+    assert model.loaded_from == (str(ckpt), torch.float16, {"config": "cfg-dir"})
+    assert spec.pretrained_model_name_or_path == str(ckpt)
+    assert get_load_id(model) == f"{ckpt}||null|null"
+    with pytest.raises(ValueError, match="`type_hint` is required when loading a single file model but is missing "
+                                         "for component: controlnet"):
+        ComponentSpec("controlnet", pretrained_model_name_or_path=str(ckpt)).load()

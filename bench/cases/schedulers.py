@@ -24,7 +24,7 @@ SCHEDULERS = [
 ]
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 STEPS = 50
-REPEATS = 5
+REPEATS = 10
 
 CASES = [
     {

@@ -5,6 +5,7 @@ _EXPORTS = {
     "SchedulerMixin": ".scheduling_utils",
     "SchedulerOutput": ".scheduling_utils",
     "KarrasDiffusionSchedulers": ".scheduling_utils",
+    "AysSchedules": ".scheduling_utils",
     "DDPMScheduler": ".scheduling_ddpm",
     "DDIMScheduler": ".scheduling_ddim",
     "PNDMScheduler": ".scheduling_pndm",

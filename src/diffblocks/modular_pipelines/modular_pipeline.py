@@ -485,7 +485,14 @@ class ModularPipeline:
         ``[library, class, spec]`` entry per from_pretrained component."""
         from .. import __version__
 
-        return _freeze({"_class_name": type(self).__name__, "_diffusers_version": __version__, **self._config})
+        # blocks read `components.config.x` inside loops: build the frozen view once per change
+        key = tuple(map(id, self._config.values())) + tuple(self._config)
+        cached = self.__dict__.get("_frozen_config")
+        if cached is None or cached[0] != key:
+            frozen = _freeze({"_class_name": type(self).__name__, "_diffusers_version": __version__, **self._config})
+            cached = (key, frozen)
+            self.__dict__["_frozen_config"] = cached
+        return cached[1]
 
     def register_to_config(self, **kwargs: Any) -> None:
         self._config.update(kwargs)

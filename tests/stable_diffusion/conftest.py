@@ -70,29 +70,3 @@ def loaded(sd_folders):
 
     return get
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _tolerate_unwritten_schedulers():
-    """Temporary shim while the scheduler catalogue is being written: skip compatible classes whose module does
-    not exist yet (the lazy table lists them all). No effect once every module is present."""
-    from diffblocks.schedulers import scheduling_utils
-
-    original = scheduling_utils.SchedulerMixin.__dict__["_get_compatibles"]
-
-    def tolerant(cls):
-        try:
-            return original.__func__(cls)
-        except ModuleNotFoundError:
-            from diffblocks import schedulers as table
-
-            found = []
-            for name in dict.fromkeys([cls.__name__] + list(cls._compatibles)):
-                try:
-                    found.append(getattr(table, name))
-                except (ModuleNotFoundError, AttributeError):
-                    pass
-            return found
-
-    scheduling_utils.SchedulerMixin._get_compatibles = classmethod(tolerant)
-    yield
-    scheduling_utils.SchedulerMixin._get_compatibles = original

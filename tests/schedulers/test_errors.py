@@ -149,3 +149,9 @@ def test_other_option_errors():
         ours.LCMScheduler().set_timesteps(60)
     with pytest.raises(ValueError, match="begin_index"):
         ours.EulerDiscreteScheduler().set_begin_index(-1)
+
+
+def test_undefined_solver_combination_refused_early():
+    # diffusers only fails inside step() for this combination; we refuse it when the scheduler is built
+    with pytest.raises(ValueError, match="sde-dpmsolver"):
+        ours.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", solver_order=3, final_sigmas_type="sigma_min")

@@ -196,12 +196,16 @@ def _find_named_class(class_name: Optional[str]) -> Optional[type]:
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision")
 
 
+_LAST_LOOKUP_ERRORS: Dict[str, str] = {}
+
+
 def _read_json_from(path: str, filename: str, hub_kwargs: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], str]]:
     """``(dict, folder)`` of ``filename`` at a local folder or Hub repo, or None when absent."""
     try:
         folder = _resolve_config_folder(path, filename, dict(hub_kwargs))
     except Exception as e:  # not found locally / on the Hub / offline
         logger.debug(f"No {filename} for {path!r}: {e}")
+        _LAST_LOOKUP_ERRORS[filename] = f"{type(e).__name__}: {e}"
         return None
     with open(os.path.join(folder, filename), encoding="utf-8") as f:
         return json.load(f), folder
@@ -356,9 +360,11 @@ class ModularPipeline:
         found = _read_json_from(path, "model_index.json", hub_kwargs)
         if found is not None:
             return None, found[0], found[1]
+        reasons = "; ".join(f"{name}: {_LAST_LOOKUP_ERRORS.get(name, 'not found')}"
+                            for name in ("modular_model_index.json", "model_index.json"))
         raise EnvironmentError(
             f"Failed to load config from '{path}'. Could not find or load 'modular_model_index.json' or "
-            "'model_index.json'."
+            f"'model_index.json' ({reasons})."
         )
 
     def _default_blocks(self, modular_config_dict: Optional[Dict[str, Any]]) -> Optional[ModularPipelineBlocks]:

@@ -523,6 +523,9 @@ class ModularPipelineBlocks:
 def _resolve_config_folder(path: Union[str, os.PathLike], filename: str, hub_kwargs: Dict[str, Any]) -> str:
     """Local folder holding ``filename`` for a local path or a Hub repo id (OSError when absent)."""
     path = os.fspath(path)
+    # the resolver takes these; force_download/proxies have no meaning for a cached, offline-first lookup
+    hub_kwargs = {k: v for k, v in hub_kwargs.items()
+                  if k in ("subfolder", "revision", "cache_dir", "local_files_only", "token")}
     subfolder = hub_kwargs.get("subfolder")
     if os.path.isdir(path):
         folder = os.path.join(path, subfolder) if subfolder else path

@@ -547,3 +547,16 @@ def test_seed_era_state_constructor():
     state = PipelineState(inputs={"a": 1}, intermediates={"b": 2}, input_kwargs={"g": ["a"]},
                           intermediate_kwargs={"g": ["b"]})
     assert state.get_by_kwargs("g") == {"a": 1, "b": 2}
+
+
+def test_from_pretrained_accepts_path_objects_and_hub_kwargs(two_folders, caplog):
+    import pathlib
+
+    from .test_blocks import WorkflowBlocks  # noqa: F401  (any importable blocks class works via `blocks=`)
+
+    with caplog.at_level(logging.WARNING):
+        pipe = ModularPipeline(_blocks(), pathlib.Path(two_folders["pipe"]), force_download=True, proxies=None,
+                               local_files_only=True, unknown_option=1)
+    assert pipe._pretrained_model_name_or_path == two_folders["pipe"]
+    assert pipe.config.factor == 3.0
+    assert "Unexpected input '['unknown_option']' provided. This input will be ignored." in caplog.text

@@ -35,6 +35,7 @@ def test_templates():
     assert q.name == "prompt_2" and q.required is False and q.description.endswith("(for the refiner)")
     g = InputParam.template("denoiser_input_fields")
     assert g.name is None and g.kwargs_type == "denoiser_input_fields"
+    assert InputParam.template("dtype").default is torch.float32
     o = OutputParam.template("prompt_embeds")
     assert o.kwargs_type == "denoiser_input_fields"
     with pytest.raises(ValueError, match="InputParam template for nope not found"):

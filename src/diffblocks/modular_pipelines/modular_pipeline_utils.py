@@ -123,7 +123,7 @@ _INPUT_TEMPLATES: Dict[str, Dict[str, Any]] = {
     "negative_prompt_embeds_mask": dict(type_hint=Any, description="Mask of the negative prompt embeddings."),
     "image_latents": dict(type_hint=Any, required=True, description="Latents of the reference image."),
     "batch_size": dict(type_hint=int, default=1, description="Number of prompts."),
-    "dtype": dict(type_hint=Any, default=None, description="Data type of the model inputs (torch.float32 if unset)."),
+    "dtype": dict(type_hint="torch.dtype", default="__torch.float32__", description="Data type of the model inputs."),
 }
 
 _OUTPUT_TEMPLATES: Dict[str, Dict[str, Any]] = {
@@ -153,6 +153,10 @@ def _from_template(cls, templates, template_name, note, overrides):
     values["name"] = overrides.get("name", values.get("name", template_name))
     if note and values.get("description"):
         values["description"] = f"{values['description']} ({note})"
+    if values.get("default") == "__torch.float32__":  # resolved here so importing this module stays light
+        import torch
+
+        values["default"] = torch.float32
     values.update(overrides)
     return cls(**values)
 

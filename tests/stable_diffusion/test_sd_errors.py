@@ -106,3 +106,22 @@ def test_constructor_checks_and_legacy_scheduler_config(pipes, caplog):
         diffblocks.StableDiffusionPipeline(**{**components, "requires_safety_checker": True})
     assert "You have disabled the safety checker" in caplog.text
     assert pipe.vae_scale_factor == 2 and pipe.default_height == 64
+
+
+def test_legacy_callback_and_inpaint_callback_tensors(pipes):
+    seen = []
+    with pytest.warns(FutureWarning, match="callback_on_step_end"):
+        pipes["t2i"]("a", num_inference_steps=2, output_type="latent", callback=lambda i, t, lat: seen.append(
+            (i, tuple(lat.shape))), callback_steps=1, **SIZE)
+    assert seen == [(0, (1, 4, 16, 16)), (1, (1, 4, 16, 16)), (2, (1, 4, 16, 16))]  # PNDM: 3 timesteps
+    got = {}
+
+    def on_step(pipe, i, t, tensors):
+        got.update({k: None if v is None else tuple(v.shape) for k, v in tensors.items()})
+        return {}
+
+    pipes["inp"]("a", image=IMAGE, mask_image=IMAGE, num_inference_steps=1, output_type="latent",
+                 callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents", "mask",
+                                                                                   "masked_image_latents"], **SIZE)
+    # a 4-channel UNet never uses masked-image latents, so they are not computed (diffusers encodes them anyway)
+    assert got == {"latents": (1, 4, 16, 16), "mask": (1, 1, 16, 16), "masked_image_latents": None}

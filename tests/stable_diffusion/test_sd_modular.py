@@ -171,3 +171,46 @@ def test_safety_checker_loads_diffusers_weights_and_blacks_out(tmp_path, loaded)
     result = pipe("a", num_inference_steps=1, output_type="np", **SIZE)
     assert result.nsfw_content_detected == [True]
     assert float(np.abs(result.images).max()) == 0.0
+
+
+def test_folder_with_safety_checker_loads_and_matches_diffusers(tmp_path, loaded, sd_folders):
+    """A diffusers folder holding ["stable_diffusion", "StableDiffusionSafetyChecker"] + a CLIP feature extractor."""
+    import json
+
+    import diffusers
+    import diffusers.pipelines.stable_diffusion.safety_checker as theirs_mod
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    import diffblocks
+
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                         vocab_size=100),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=4),
+        projection_dim=16,
+    )
+    torch.manual_seed(1)
+    checker = theirs_mod.StableDiffusionSafetyChecker(cfg).eval()
+    with torch.no_grad():
+        checker.concept_embeds.normal_()
+        checker.special_care_embeds.normal_()
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    base = diffusers.StableDiffusionPipeline.from_pretrained(sd_folders["sd"])
+    folder = str(tmp_path / "with_checker")
+    diffusers.StableDiffusionPipeline(**{**base.components, "safety_checker": checker,
+                                         "feature_extractor": extractor}).save_pretrained(folder)
+    with open(f"{folder}/model_index.json") as f:
+        assert json.load(f)["safety_checker"] == ["stable_diffusion", "StableDiffusionSafetyChecker"]
+
+    ours = diffblocks.StableDiffusionPipeline.from_pretrained(folder)
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    assert type(ours.safety_checker) is diffblocks.StableDiffusionSafetyChecker
+    outs = []
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+        outs.append(pipe(["a", "b"], num_inference_steps=2, output_type="np",
+                         generator=torch.Generator().manual_seed(0), **SIZE))
+    assert outs[0].nsfw_content_detected == outs[1].nsfw_content_detected
+    assert len(outs[0].nsfw_content_detected) == 2
+    assert float(np.abs(outs[0].images - outs[1].images).max()) <= 1e-4

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..configuration import ConfigMixin, register_to_config
-from ._multistep_common import MultistepMixin, flow_sigmas, lincomb
+from ._multistep_common import MultistepMixin, flow_sigmas, lincomb, lincomb_fused
 from .scheduling_utils import (
     KARRAS_COMPATIBLES,
     SchedulerOutput,
@@ -200,19 +200,19 @@ class DPMSolverMultistepScheduler(MultistepMixin, ConfigMixin):
         if algo == "dpmsolver++":
             c = a_t * (torch.exp(-h) - 1.0)
             c1 = a_t * ((torch.exp(-h) - 1.0) / h + 1.0) if heun else -0.5 * c
-            return lincomb([(float(s_t / s_s0), sample), (-float(c), m0), (float(c1), d1)])
+            return lincomb_fused([(float(s_t / s_s0), sample), (-float(c), m0), (float(c1), d1)])
         if algo == "dpmsolver":
             c = s_t * (torch.exp(h) - 1.0)
             c1 = -(s_t * ((torch.exp(h) - 1.0) / h - 1.0)) if heun else -0.5 * c
-            return lincomb([(float(a_t / a_s0), sample), (-float(c), m0), (float(c1), d1)])
+            return lincomb_fused([(float(a_t / a_s0), sample), (-float(c), m0), (float(c1), d1)])
         if algo == "sde-dpmsolver++":
             c = a_t * (1 - torch.exp(-2.0 * h))
             c1 = a_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0) if heun else 0.5 * c
-            return lincomb([(float(s_t / s_s0 * torch.exp(-h)), sample), (float(c), m0), (float(c1), d1),
+            return lincomb_fused([(float(s_t / s_s0 * torch.exp(-h)), sample), (float(c), m0), (float(c1), d1),
                             (float(s_t * torch.sqrt(1.0 - torch.exp(-2 * h))), noise)])
         c = 2.0 * (s_t * (torch.exp(h) - 1.0))
         c1 = -(2.0 * (s_t * ((torch.exp(h) - 1.0) / h - 1.0))) if heun else -(s_t * (torch.exp(h) - 1.0))
-        return lincomb([(float(a_t / a_s0), sample), (-float(c), m0), (float(c1), d1),
+        return lincomb_fused([(float(a_t / a_s0), sample), (-float(c), m0), (float(c1), d1),
                         (float(s_t * torch.sqrt(torch.exp(2 * h) - 1.0)), noise)])
 
     def _third_order(self, sample: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
@@ -232,14 +232,14 @@ class DPMSolverMultistepScheduler(MultistepMixin, ConfigMixin):
         algo = self.config.algorithm_type
         if algo == "dpmsolver++":
             e = torch.exp(-h) - 1.0
-            return lincomb([(float(s_t / s_s0), sample), (-float(a_t * e), m0), (float(a_t * (e / h + 1.0)), d1),
+            return lincomb_fused([(float(s_t / s_s0), sample), (-float(a_t * e), m0), (float(a_t * (e / h + 1.0)), d1),
                             (-float(a_t * ((e + h) / h**2 - 0.5)), d2)])
         if algo == "dpmsolver":
             e = torch.exp(h) - 1.0
-            return lincomb([(float(a_t / a_s0), sample), (-float(s_t * e), m0), (-float(s_t * (e / h - 1.0)), d1),
+            return lincomb_fused([(float(a_t / a_s0), sample), (-float(s_t * e), m0), (-float(s_t * (e / h - 1.0)), d1),
                             (-float(s_t * ((e - h) / h**2 - 0.5)), d2)])
         e2 = 1.0 - torch.exp(-2.0 * h)
-        return lincomb([(float(s_t / s_s0 * torch.exp(-h)), sample), (float(a_t * e2), m0),
+        return lincomb_fused([(float(s_t / s_s0 * torch.exp(-h)), sample), (float(a_t * e2), m0),
                         (float(a_t * (e2 / (-2.0 * h) + 1.0)), d1),
                         (float(a_t * ((e2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5)), d2),
                         (float(s_t * torch.sqrt(1.0 - torch.exp(-2 * h))), noise)])

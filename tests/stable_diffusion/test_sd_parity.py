@@ -244,3 +244,15 @@ def test_folder_round_trip_both_ways(loaded, tmp_path):
     a = again(generator=torch.Generator().manual_seed(0), **kw).images
     b = theirs(generator=torch.Generator().manual_seed(0), **kw).images
     assert float(np.abs(a - b).max()) <= TOL
+
+
+def test_inpaint_padding_mask_crop_overlay(loaded):
+    big = _image(5, size=48)
+    arr = np.zeros((48, 48), dtype=np.uint8)
+    arr[20:30, 14:26] = 255
+    ours, theirs = run_both(
+        loaded, "inpaint", "StableDiffusionInpaintPipeline", prompt="fill", image=big,
+        mask_image=PIL.Image.fromarray(arr), padding_mask_crop=4, num_inference_steps=2, output_type="pil", **SIZE,
+    )
+    assert ours.images[0].size == (48, 48)  # pasted back onto the original image
+    assert_close(ours, theirs, tol=1 / 255 + 1e-6)

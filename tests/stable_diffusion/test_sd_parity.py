@@ -256,3 +256,17 @@ def test_inpaint_padding_mask_crop_overlay(loaded):
     )
     assert ours.images[0].size == (48, 48)  # pasted back onto the original image
     assert_close(ours, theirs, tol=1 / 255 + 1e-6)
+
+
+def test_fp16_pipeline_decodes_with_upcast(loaded, sd_folders):
+    import diffblocks
+
+    half = diffblocks.StableDiffusionPipeline.from_pretrained(sd_folders["sd"], torch_dtype=torch.float16)
+    half.set_progress_bar_config(disable=True)
+    half.vae.register_to_config(force_upcast=True)
+    kw = dict(prompt="a", num_inference_steps=2, output_type="np", **SIZE)
+    ref = loaded("ours", "sd")(generator=torch.Generator().manual_seed(0), **kw).images
+    got = half(generator=torch.Generator().manual_seed(0), **kw).images
+    assert half.vae.dtype == torch.float16  # the VAE is back in fp16 after the float32 decode
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert float(np.abs(got - ref).max()) < 0.02

@@ -2,6 +2,7 @@
 import copy
 import json
 import logging
+import os
 import pickle
 
 import pytest
@@ -143,6 +144,9 @@ def test_save_and_load_round_trip(tmp_path):
     new = Sample.from_config(loaded)
     assert new.config.a == [1, 2] and new.config.d == "x"
     assert [f.name for f in tmp_path.iterdir()] == ["sample_config.json"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "sample_config.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_load_config_subfolder_and_file(tmp_path):

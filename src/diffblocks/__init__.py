@@ -8,7 +8,7 @@ from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _SCHEDULERS = [
-    "SchedulerMixin", "KarrasDiffusionSchedulers",
+    "SchedulerMixin", "KarrasDiffusionSchedulers", "AysSchedules",
     "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
@@ -46,6 +46,9 @@ _EXPORTS = {
     "ComponentsManager": ".modular_pipelines",
     "StableDiffusionXLModularPipeline": ".modular_pipelines",
     "StableDiffusionXLAutoBlocks": ".modular_pipelines",
+    "StableDiffusionModularPipeline": ".modular_pipelines",
+    "StableDiffusionAutoBlocks": ".modular_pipelines",
+    "ClassifierFreeGuidance": ".guiders",
     # classic pipelines
     "DiffusionPipeline": ".pipelines",
     "ImagePipelineOutput": ".pipelines",
@@ -65,6 +68,8 @@ _EXPORTS = {
     "StableDiffusionXLControlNetImg2ImgPipeline": ".pipelines",
     "StableDiffusionXLControlNetInpaintPipeline": ".pipelines",
     "StableDiffusionSafetyChecker": ".pipelines",
+    "StableDiffusionPipelineOutput": ".pipelines",
+    "StableDiffusionXLPipelineOutput": ".pipelines",
 }
 _EXPORTS.update({name: ".schedulers" for name in _SCHEDULERS})
 

@@ -58,7 +58,19 @@ def _validate_name(name_or_path) -> str:
     name = os.fspath(name_or_path)
     if not name:
         raise ValueError("pretrained_model_name_or_path must not be empty")
-    return name
+    return builtin_folder(name) or name
+
+
+def builtin_folder(name: str) -> Optional[str]:
+    """The shipped folder of a model packaged with diffblocks (``"diffblocks/tiny-digits"``), else None.
+
+    A local path of the same name wins, as a local folder wins over a Hub repo id.
+    """
+    if os.path.exists(name) or name.count("/") != 1:
+        return None
+    from .default_models import resolve_builtin
+
+    return resolve_builtin(name)
 
 
 def _check_repo_id(name: str) -> None:

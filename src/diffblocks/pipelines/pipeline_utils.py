@@ -1337,6 +1337,11 @@ def _download_pipeline_folder(
     skip_components: Sequence[str],
 ) -> str:
     """Resolve a Hub repo id to a local snapshot folder holding what the pipeline needs."""
+    from .. import hub
+
+    builtin = hub.builtin_folder(repo_id)
+    if builtin is not None:
+        return builtin
     if repo_id.count("/") > 1:
         raise ValueError(
             f'The provided pretrained_model_name_or_path "{repo_id}" is neither a valid local path nor a valid repo id.'

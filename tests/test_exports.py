@@ -19,7 +19,7 @@ def test_export_resolves(package, name):
     module = importlib.import_module(package)
     try:
         value = getattr(module, name)
-    except ImportError:
+    except (ImportError, AttributeError):
         if name.startswith("StableDiffusionXL") or "ControlNet" in name and name.endswith("Pipeline"):
             pytest.xfail(f"{name} belongs to a family not built yet")
         raise

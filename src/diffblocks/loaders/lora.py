@@ -1,0 +1,716 @@
+"""LoRA loading for pipelines through ``peft``.
+
+Reads the LoRA files people download (peft/diffusers ``lora_A``/``lora_B``, the older attention-processor and
+``lora_linear_layer`` layouts, kohya/A1111 ``lora_unet_...`` files with ``.alpha``), converts them to one peft layout
+and injects them into the pipeline's ``unet`` and text encoders.  Adapter management (weights, enable/disable,
+fuse/unfuse, delete, unload) works on any object that exposes those components as attributes, so the same mixin
+serves classic pipelines and ModularPipelines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from collections import Counter
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.bin"
+LORA_WEIGHT_NAME_SAFE = "pytorch_lora_weights.safetensors"
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+
+_COMPONENT_PREFIXES = ("unet", "text_encoder", "text_encoder_2")
+_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
+                   "lora_te2_": "text_encoder_2"}
+
+# words that keep their underscore when a kohya name is split without a model to look names up in
+_COMPOUND_WORDS = {
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "proj_in",
+    "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "conv_norm_out", "time_embedding",
+    "add_embedding", "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj",
+    "final_layer_norm", "layer_norm1", "layer_norm2", "text_projection", "conv_act", "norm_out",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _read_weights(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, str]]]:
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata()
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+        return tensors, metadata
+    return torch.load(path, map_location="cpu", weights_only=True), None
+
+
+def _pick_local_file(folder: str, use_safetensors: Optional[bool]) -> str:
+    names = sorted(os.listdir(folder))
+    if use_safetensors is not False:
+        if LORA_WEIGHT_NAME_SAFE in names:
+            return os.path.join(folder, LORA_WEIGHT_NAME_SAFE)
+        candidates = [n for n in names if n.endswith(".safetensors")
+                      and not any(bad in n for bad in ("scheduler", "optimizer", "checkpoint"))]
+        if candidates:
+            if len(candidates) > 1:
+                logger.warning("Several .safetensors files in %s (%s); loading %s. Pass `weight_name` to choose.",
+                               folder, candidates, candidates[0])
+            return os.path.join(folder, candidates[0])
+        if use_safetensors:
+            raise ValueError(f"`use_safetensors=True` but no .safetensors LoRA file was found in {folder!r}")
+    if LORA_WEIGHT_NAME in names:
+        return os.path.join(folder, LORA_WEIGHT_NAME)
+    bins = [n for n in names if n.endswith(".bin")
+            and not any(bad in n for bad in ("scheduler", "optimizer", "checkpoint"))]
+    if bins:
+        return os.path.join(folder, bins[0])
+    raise ValueError(f"No LoRA weight file (.safetensors or .bin) was found in {folder!r}; pass `weight_name`.")
+
+
+def _resolve_lora_file(
+    name_or_path: str, weight_name: Optional[str], subfolder: Optional[str], use_safetensors: Optional[bool],
+    hub_kwargs: Dict[str, Any],
+) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    folder = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
+    if os.path.isdir(folder):
+        if weight_name is not None:
+            path = os.path.join(folder, weight_name)
+            if not os.path.isfile(path):
+                raise ValueError(f"`weight_name` {weight_name!r} was not found in {folder!r}")
+            return path
+        return _pick_local_file(folder, use_safetensors)
+    from ..hub import resolve_file
+
+    if weight_name is None:
+        if hub_kwargs.get("local_files_only"):
+            raise ValueError("When using the offline mode, you must specify a `weight_name`.")
+        order = [LORA_WEIGHT_NAME_SAFE, LORA_WEIGHT_NAME] if use_safetensors is not False else [LORA_WEIGHT_NAME]
+        error: Optional[Exception] = None
+        for name in order:
+            try:
+                return resolve_file(name_or_path, name, subfolder=subfolder, **hub_kwargs)
+            except Exception as exc:  # try the next conventional name
+                error = exc
+        raise ValueError(
+            f"Could not find a LoRA file named {order} in {name_or_path!r}; pass `weight_name`."
+        ) from error
+    return resolve_file(name_or_path, weight_name, subfolder=subfolder, **hub_kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# key layouts -> peft layout
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _split_words(name: str) -> str:
+    """``down_blocks_0_attentions_0_proj_in`` -> ``down_blocks.0.attentions.0.proj_in`` without a model."""
+    tokens = name.split("_")
+    parts: List[str] = []
+    i = 0
+    while i < len(tokens):
+        for width in (3, 2):
+            joined = "_".join(tokens[i:i + width])
+            if i + width <= len(tokens) and joined in _COMPOUND_WORDS:
+                parts.append(joined)
+                i += width
+                break
+        else:
+            parts.append(tokens[i])
+            i += 1
+    return ".".join(parts)
+
+
+def _kohya_lookup(module_names: Iterable[str]) -> Dict[str, str]:
+    table: Dict[str, str] = {}
+    for name in module_names:
+        if not name:
+            continue
+        flat = name.replace(".", "_")
+        table[flat] = name
+        # transformers 5 CLIP models have no `text_model` level; kohya files always name it
+        table.setdefault("text_model_" + flat, name)
+    return table
+
+
+def _is_kohya(keys: Iterable[str]) -> bool:
+    keys = list(keys)
+    return bool(keys) and all(k.startswith(tuple(_KOHYA_PREFIXES)) for k in keys)
+
+
+def _convert_kohya(
+    state_dict: Dict[str, torch.Tensor], module_names: Optional[Dict[str, Iterable[str]]]
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+    tables = {c: _kohya_lookup(names) for c, names in (module_names or {}).items()}
+    out: Dict[str, torch.Tensor] = {}
+    alphas: Dict[str, float] = {}
+    leftovers: List[str] = []
+    dropped_dora = False
+    for key, value in state_dict.items():
+        prefix = max((p for p in _KOHYA_PREFIXES if key.startswith(p)), key=len)
+        component = _KOHYA_PREFIXES[prefix]
+        rest = key[len(prefix):]
+        name, _, suffix = rest.partition(".")
+        if suffix == "dora_scale":
+            dropped_dora = True
+            continue
+        if component in tables:
+            module = tables[component].get(name)
+        else:
+            module = _split_words(name)
+        if module is None or suffix not in ("lora_down.weight", "lora_up.weight", "alpha"):
+            leftovers.append(key)
+            continue
+        if suffix == "alpha":
+            alphas[f"{component}.{module}.alpha"] = float(value.item() if torch.is_tensor(value) else value)
+        else:
+            kind = "lora_A" if suffix.startswith("lora_down") else "lora_B"
+            out[f"{component}.{module}.{kind}.weight"] = value
+    if dropped_dora:
+        warnings.warn("DoRA `dora_scale` entries are not supported and were dropped from the LoRA state dict.")
+    if leftovers:
+        raise ValueError(f"The following keys have not been correctly renamed: {', '.join(sorted(leftovers)[:10])}")
+    return out, alphas
+
+
+_OLD_ATTN = re.compile(r"\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.")
+
+
+def _convert_diffusers(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+    keys = list(state_dict)
+    prefixed = any(k.split(".", 1)[0] in _COMPONENT_PREFIXES for k in keys)
+    out: Dict[str, torch.Tensor] = {}
+    alphas: Dict[str, float] = {}
+    dropped_dora = False
+    for key, value in state_dict.items():
+        new = key if prefixed else f"unet.{key}"
+        if new.endswith("dora_scale"):
+            dropped_dora = True
+            continue
+        new = new.replace(".processor.", ".")
+
+        def old(match: "re.Match[str]") -> str:
+            layer = "to_out.0" if match.group(1) == "to_out" else match.group(1)
+            return f".{layer}.{'lora_A' if match.group(2) == 'down' else 'lora_B'}."
+
+        new = _OLD_ATTN.sub(old, new)
+        for old_part, new_part in ((".lora_linear_layer.down.", ".lora_A."), (".lora_linear_layer.up.", ".lora_B."),
+                                   (".lora.down.", ".lora_A."), (".lora.up.", ".lora_B."),
+                                   (".lora_down.", ".lora_A."), (".lora_up.", ".lora_B.")):
+            new = new.replace(old_part, new_part)
+        if new.endswith(".alpha"):
+            alphas[new] = float(value.item() if torch.is_tensor(value) else value)
+            continue
+        out[new] = value
+    if dropped_dora:
+        warnings.warn("DoRA `dora_scale` entries are not supported and were dropped from the LoRA state dict.")
+    return out, alphas
+
+
+def _check_lora_keys(state_dict: Dict[str, Any]) -> None:
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"a LoRA state dict must be a dict of tensors, got {type(state_dict).__name__}")
+    if not state_dict:
+        raise ValueError("The LoRA state dict is empty.")
+    bad = [k for k in state_dict if "lora" not in k and not k.endswith(".alpha")]
+    if bad:
+        raise ValueError(
+            "Invalid LoRA checkpoint. Make sure all LoRA param names contain `'lora'` substring. Keys that match no "
+            f"known LoRA layout (peft `lora_A`/`lora_B`, `lora.down`/`lora.up`, kohya `lora_unet_`/`lora_te_`): "
+            f"{sorted(bad)[:5]}{' ...' if len(bad) > 5 else ''} ({len(bad)} of {len(state_dict)} keys)"
+        )
+
+
+def convert_lora_state_dict(
+    state_dict: Dict[str, torch.Tensor], module_names: Optional[Dict[str, Iterable[str]]] = None
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+    """Convert any supported LoRA layout to prefixed peft keys.
+
+    Returns ``(state_dict, network_alphas)`` with keys ``<component>.<module>.lora_A.weight`` / ``lora_B.weight``
+    and ``<component>.<module>.alpha``.  ``module_names`` maps a component to its module names; kohya names are
+    looked up there (without it they are split on a list of known words).
+    """
+    _check_lora_keys(state_dict)
+    if _is_kohya(state_dict):
+        return _convert_kohya(state_dict, module_names)
+    return _convert_diffusers(state_dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model side
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _tuner_layers(model: nn.Module):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _model_adapters(model: Optional[nn.Module]) -> List[str]:
+    config = getattr(model, "peft_config", None) if model is not None else None
+    return list(config.keys()) if isinstance(config, dict) else []
+
+
+def _resolve_module_name(name: str, names: set) -> Optional[str]:
+    if name in names:
+        return name
+    if name.startswith("text_model.") and name[len("text_model."):] in names:
+        return name[len("text_model."):]
+    if "text_model." + name in names:
+        return "text_model." + name
+    return None
+
+
+def _most_common(values: Dict[str, Any]) -> Any:
+    return Counter(values.values()).most_common(1)[0][0]
+
+
+def _build_config(
+    state_dict: Dict[str, torch.Tensor], alphas: Dict[str, float], metadata: Optional[Dict[str, Any]]
+):
+    from peft import LoraConfig
+
+    if metadata:
+        return LoraConfig(**metadata)
+    ranks = {k[: -len(".lora_B.weight")]: v.shape[1] for k, v in state_dict.items() if k.endswith(".lora_B.weight")}
+    if not ranks:
+        raise ValueError(f"the LoRA weights hold no `lora_B` (up) matrix; keys: {sorted(state_dict)[:5]}")
+    r = _most_common(ranks)
+    rank_pattern = {m: rank for m, rank in ranks.items() if rank != r}
+    if alphas:
+        per_module = {m: alphas.get(f"{m}.alpha", float(ranks[m])) for m in ranks}
+        lora_alpha = _most_common(per_module)
+        alpha_pattern = {m: a for m, a in per_module.items() if a != lora_alpha}
+    else:
+        lora_alpha, alpha_pattern = r, {}
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        target_modules=sorted(ranks),
+        init_lora_weights=False,
+        use_dora=any("lora_magnitude_vector" in k for k in state_dict),
+        lora_bias=any(k.endswith("lora_B.bias") for k in state_dict),
+    )
+
+
+def load_lora_into_model(
+    model: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    network_alphas: Optional[Dict[str, float]] = None,
+    adapter_name: Optional[str] = None,
+    metadata: Optional[Dict[str, Any]] = None,
+    component: str = "model",
+) -> str:
+    """Inject one LoRA adapter (un-prefixed peft keys) into ``model``; returns the adapter name used."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    existing = _model_adapters(model)
+    if adapter_name is None:
+        adapter_name = f"default_{len(existing)}"
+    if adapter_name in existing:
+        raise ValueError(f"Adapter name {adapter_name} already in use in the model - please select a new adapter name.")
+    names = {n for n, _ in model.named_modules()}
+    renamed: Dict[str, torch.Tensor] = {}
+    alphas: Dict[str, float] = {}
+    missing: List[str] = []
+    for key, value in state_dict.items():
+        module, _, param = key.partition(".lora_")
+        target = _resolve_module_name(module, names)
+        if target is None:
+            missing.append(key)
+            continue
+        renamed[f"{target}.lora_{param}"] = value
+    for key, value in (network_alphas or {}).items():
+        target = _resolve_module_name(key[: -len(".alpha")], names)
+        if target is not None:
+            alphas[f"{target}.alpha"] = value
+    if missing:
+        raise ValueError(
+            f"LoRA weights for {component} ({type(model).__name__}) name modules it does not have: "
+            f"{sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
+    config = _build_config(renamed, alphas, metadata)
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    try:
+        result = set_peft_model_state_dict(model, renamed, adapter_name=adapter_name)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if adapter_name in k]
+        if unexpected:
+            raise ValueError(f"LoRA weights for {component} have unexpected keys: {unexpected[:5]}")
+    except Exception:
+        _delete_adapter(model, adapter_name)
+        raise
+    # a newly loaded adapter joins the active ones
+    active = _active_adapters(model)
+    if adapter_name not in active:
+        for layer in _tuner_layers(model):
+            layer.set_adapter(active + [adapter_name])
+    return adapter_name
+
+
+def _active_adapters(model: nn.Module) -> List[str]:
+    for layer in _tuner_layers(model):
+        active = layer.active_adapter
+        return [active] if isinstance(active, str) else list(active)
+    return []
+
+
+def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    for layer in _tuner_layers(model):
+        if adapter_name in getattr(layer, "lora_A", {}) or adapter_name in getattr(layer, "lora_embedding_A", {}):
+            layer.delete_adapter(adapter_name)
+    config = getattr(model, "peft_config", None)
+    if isinstance(config, dict):
+        config.pop(adapter_name, None)
+        if not config:
+            _remove_lora_layers(model)
+
+
+def _remove_lora_layers(model: nn.Module) -> None:
+    """Replace every peft layer by its base layer (the original module object, weights untouched unless fused)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def walk(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                setattr(parent, name, child.get_base_layer())
+            else:
+                walk(child)
+
+    walk(model)
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    for flag in ("_hf_peft_config_loaded",):
+        if getattr(model, flag, False):
+            setattr(model, flag, False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the pipeline mixin
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LoraLoaderMixin:
+    """LoRA loading and adapter management for pipelines with ``unet`` and text encoder components."""
+
+    _lora_loadable_modules: List[str] = ["unet", "text_encoder", "text_encoder_2"]
+
+    # ------------------------------------------------------------------ helpers
+    def _lora_models(self) -> Dict[str, nn.Module]:
+        models = {}
+        for name in self._lora_loadable_modules:
+            model = getattr(self, name, None)
+            if isinstance(model, nn.Module):
+                models[name] = model
+        return models
+
+    @property
+    def lora_scale(self) -> float:
+        return getattr(self, "_lora_scale", 1.0)
+
+    @property
+    def num_fused_loras(self) -> int:
+        return len(self.fused_loras)
+
+    @property
+    def fused_loras(self) -> set:
+        return set(getattr(self, "_diffblocks_fused_loras", set()))
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def lora_state_dict(
+        cls,
+        pretrained_model_name_or_path_or_dict: Union[str, os.PathLike, Dict[str, torch.Tensor]],
+        weight_name: Optional[str] = None,
+        subfolder: Optional[str] = None,
+        use_safetensors: Optional[bool] = None,
+        return_lora_metadata: bool = False,
+        unet_config: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ):
+        """Read a LoRA file, folder, repo or dict and convert it to prefixed peft keys.
+
+        Returns ``(state_dict, network_alphas)`` (plus the adapter metadata with ``return_lora_metadata=True``).
+        """
+        module_names = kwargs.pop("_module_names", None)
+        state_dict, metadata = _read_lora(pretrained_model_name_or_path_or_dict, weight_name, subfolder,
+                                          use_safetensors, kwargs)
+        state_dict, alphas = convert_lora_state_dict(state_dict, module_names)
+        if return_lora_metadata:
+            return state_dict, alphas, metadata
+        return state_dict, alphas
+
+    # ------------------------------------------------------------------ loading
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: Union[str, os.PathLike, Dict[str, torch.Tensor]],
+        adapter_name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        """Load LoRA weights into ``unet`` and the text encoders as the peft adapter ``adapter_name``."""
+        if adapter_name is not None and not isinstance(adapter_name, str):
+            raise TypeError(f"`adapter_name` must be a string or None, got {type(adapter_name).__name__}")
+        if kwargs.pop("hotswap", False):
+            raise NotImplementedError("`hotswap=True` is not supported; unload or delete the adapter first")
+        kwargs.pop("low_cpu_mem_usage", None)
+        models = self._lora_models()
+        if not models:
+            raise ValueError(
+                f"{type(self).__name__} has none of the LoRA-loadable components {self._lora_loadable_modules} loaded"
+            )
+        if isinstance(pretrained_model_name_or_path_or_dict, dict):
+            pretrained_model_name_or_path_or_dict = dict(pretrained_model_name_or_path_or_dict)
+        module_names = {name: [n for n, _ in model.named_modules()] for name, model in models.items()}
+        state_dict, alphas, metadata = self.lora_state_dict(
+            pretrained_model_name_or_path_or_dict, return_lora_metadata=True, _module_names=module_names, **kwargs
+        )
+        by_component: Dict[str, Dict[str, torch.Tensor]] = {}
+        unknown = []
+        for key, value in state_dict.items():
+            component, _, rest = key.partition(".")
+            if component not in _COMPONENT_PREFIXES:
+                unknown.append(key)
+                continue
+            by_component.setdefault(component, {})[rest] = value
+        if unknown:
+            raise ValueError(f"LoRA keys name no component among {list(_COMPONENT_PREFIXES)}: {sorted(unknown)[:5]}")
+        loaded: List[Tuple[str, nn.Module, str]] = []
+        try:
+            for component, sub in by_component.items():
+                model = models.get(component)
+                if model is None:
+                    logger.warning("LoRA weights for `%s` were ignored: %s has no such component.", component,
+                                   type(self).__name__)
+                    continue
+                comp_alphas = {k[len(component) + 1:]: v for k, v in alphas.items()
+                               if k.startswith(component + ".")}
+                comp_meta = _component_metadata(metadata, component)
+                name = load_lora_into_model(model, sub, comp_alphas, adapter_name, comp_meta, component)
+                loaded.append((component, model, name))
+        except Exception:
+            for _, model, name in loaded:
+                _delete_adapter(model, name)
+            raise
+        if "unet" in models and "unet" not in by_component:
+            logger.warning("No LoRA keys associated to %s found with the prefix='unet'.", type(models["unet"]).__name__)
+
+    # ------------------------------------------------------------------ adapters
+    def get_list_adapters(self) -> Dict[str, List[str]]:
+        """Adapters per component, e.g. ``{"unet": ["a", "b"], "text_encoder": ["a"]}``."""
+        return {name: _model_adapters(model) for name, model in self._lora_models().items()
+                if _model_adapters(model)}
+
+    def get_active_adapters(self) -> List[str]:
+        """Active adapter names (read from the first LoRA layer of the unet, else of a text encoder)."""
+        for model in self._lora_models().values():
+            active = _active_adapters(model)
+            if active:
+                return active
+        return []
+
+    def set_adapters(
+        self,
+        adapter_names: Union[str, List[str]],
+        adapter_weights: Optional[Union[float, Dict[str, Any], List[Any]]] = None,
+    ) -> None:
+        """Activate ``adapter_names`` with per-adapter weights (a number, a list, or per-component dicts)."""
+        if isinstance(adapter_names, str):
+            adapter_names = [adapter_names]
+        if not isinstance(adapter_names, (list, tuple)) or not all(isinstance(n, str) for n in adapter_names):
+            raise TypeError(f"`adapter_names` must be a string or a list of strings, got {adapter_names!r}")
+        adapter_names = list(adapter_names)
+        if not isinstance(adapter_weights, list):
+            adapter_weights = [adapter_weights] * len(adapter_names)
+        if len(adapter_weights) != len(adapter_names):
+            raise ValueError(
+                f"Length of adapter names {len(adapter_names)} is not equal to the length of the weights "
+                f"{len(adapter_weights)}"
+            )
+        listed = self.get_list_adapters()
+        everything = sorted({n for names in listed.values() for n in names})
+        missing = [n for n in adapter_names if n not in everything]
+        if missing:
+            raise ValueError(f"Adapter name(s) {missing} not in the list of present adapters: {everything}.")
+        models = self._lora_models()
+        per_component: Dict[str, Dict[str, float]] = {c: {} for c in models}
+        for name, weight in zip(adapter_names, adapter_weights):
+            if isinstance(weight, dict):
+                for key in list(weight):
+                    if key not in models:
+                        logger.warning("Lora weight dict contains `%s` which is not a LoRA-loadable component; "
+                                       "it is ignored.", key)
+                for component in models:
+                    per_component[component][name] = weight.get(component, 1.0)
+            else:
+                for component in models:
+                    per_component[component][name] = weight
+        for component, model in models.items():
+            present = _model_adapters(model)
+            names = [n for n in adapter_names if n in present]
+            if not present:
+                continue
+            weights = {}
+            for n in names:
+                w = per_component[component][n]
+                w = 1.0 if w is None else w
+                if isinstance(w, dict):
+                    raise ValueError(
+                        f"block-wise LoRA weights for {component!r} are not supported; got {w!r} for adapter {n!r}"
+                    )
+                if not isinstance(w, (int, float)):
+                    raise TypeError(f"adapter weight for {n!r} must be a number, got {type(w).__name__}")
+                weights[n] = float(w)
+            for layer in _tuner_layers(model):
+                layer.set_adapter(names)
+                for n, w in weights.items():
+                    layer.set_scale(n, w)
+
+    def disable_lora(self) -> None:
+        """Turn every LoRA layer off (the adapters stay loaded)."""
+        for model in self._lora_models().values():
+            for layer in _tuner_layers(model):
+                layer.enable_adapters(False)
+
+    def enable_lora(self) -> None:
+        """Turn the LoRA layers back on after :meth:`disable_lora`."""
+        for model in self._lora_models().values():
+            for layer in _tuner_layers(model):
+                layer.enable_adapters(True)
+
+    def delete_adapters(self, adapter_names: Union[str, List[str]]) -> None:
+        """Remove adapters from every component; a model left without adapters gets its plain layers back."""
+        if isinstance(adapter_names, str):
+            adapter_names = [adapter_names]
+        for model in self._lora_models().values():
+            for name in adapter_names:
+                if name in _model_adapters(model):
+                    _delete_adapter(model, name)
+        fused = getattr(self, "_diffblocks_fused_loras", set()) - set(adapter_names)
+        object.__setattr__(self, "_diffblocks_fused_loras", fused)
+
+    def unload_lora_weights(self) -> None:
+        """Remove all LoRA layers; the original weights come back unchanged (fused LoRAs stay fused)."""
+        for model in self._lora_models().values():
+            if _tuner_layers(model) or hasattr(model, "peft_config"):
+                _remove_lora_layers(model)
+        object.__setattr__(self, "_diffblocks_fused_loras", set())
+
+    def set_lora_device(self, adapter_names: List[str], device: Union[str, torch.device, int]) -> None:
+        """Move the LoRA matrices of ``adapter_names`` to ``device``."""
+        for model in self._lora_models().values():
+            for layer in _tuner_layers(model):
+                for name in adapter_names:
+                    for attr in ("lora_A", "lora_B", "lora_magnitude_vector"):
+                        holder = getattr(layer, attr, None)
+                        if holder is not None and name in holder:
+                            holder[name].to(device)
+
+    # ------------------------------------------------------------------ fusing
+    def _check_components(self, components: Optional[List[str]]) -> List[str]:
+        if components is None:
+            return list(self._lora_loadable_modules)
+        if isinstance(components, str):
+            components = [components]
+        if len(components) == 0:
+            raise ValueError("`components` cannot be an empty list.")
+        for c in components:
+            if c not in self._lora_loadable_modules:
+                raise ValueError(f"{c} is not found in self._lora_loadable_modules={self._lora_loadable_modules}.")
+        return list(components)
+
+    def fuse_lora(
+        self,
+        components: Optional[List[str]] = None,
+        lora_scale: float = 1.0,
+        safe_fusing: bool = False,
+        adapter_names: Optional[List[str]] = None,
+        **kwargs: Any,
+    ) -> None:
+        """Merge the (active or named) adapters into the base weights of ``components``, scaled by ``lora_scale``."""
+        components = self._check_components(components)
+        if not isinstance(lora_scale, (int, float)) or isinstance(lora_scale, bool):
+            raise TypeError(f"`lora_scale` must be a number, got {lora_scale!r}")
+        models = self._lora_models()
+        fused = set(getattr(self, "_diffblocks_fused_loras", set()))
+        for component in components:
+            model = models.get(component)
+            if model is None:
+                continue
+            for layer in _tuner_layers(model):
+                if lora_scale != 1.0:
+                    layer.scale_layer(lora_scale)
+                layer.merge(safe_merge=safe_fusing, adapter_names=adapter_names)
+                fused.update(layer.merged_adapters)
+        object.__setattr__(self, "_diffblocks_fused_loras", fused)
+
+    def unfuse_lora(self, components: Optional[List[str]] = None, **kwargs: Any) -> None:
+        """Take fused adapters back out of the base weights of ``components``."""
+        components = self._check_components(components)
+        models = self._lora_models()
+        for component in components:
+            model = models.get(component)
+            if model is None:
+                continue
+            for layer in _tuner_layers(model):
+                layer.unmerge()
+        still = set()
+        for model in models.values():
+            for layer in _tuner_layers(model):
+                still.update(layer.merged_adapters)
+        object.__setattr__(self, "_diffblocks_fused_loras", still)
+
+
+def _read_lora(source, weight_name, subfolder, use_safetensors, hub_kwargs):
+    if isinstance(source, dict):
+        return dict(source), None
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "`pretrained_model_name_or_path_or_dict` must be a path, a repo id or a dict of tensors, got "
+            f"{type(source).__name__}"
+        )
+    allowed = {k: v for k, v in hub_kwargs.items()
+               if k in ("cache_dir", "local_files_only", "token", "revision", "force_download", "proxies")}
+    ignored = sorted(set(hub_kwargs) - set(allowed) - {"weight_name", "subfolder", "use_safetensors"})
+    if ignored:
+        raise TypeError(f"load_lora_weights() got unexpected keyword argument(s) {ignored}")
+    path = _resolve_lora_file(os.fspath(source), weight_name, subfolder, use_safetensors, allowed)
+    state_dict, file_meta = _read_weights(path)
+    metadata = None
+    if file_meta and LORA_ADAPTER_METADATA_KEY in file_meta:
+        metadata = json.loads(file_meta[LORA_ADAPTER_METADATA_KEY])
+    return state_dict, metadata
+
+
+def _component_metadata(metadata: Optional[Dict[str, Any]], component: str) -> Optional[Dict[str, Any]]:
+    if not metadata:
+        return None
+    prefix = component + "."
+    picked = {k[len(prefix):]: v for k, v in metadata.items() if k.startswith(prefix)}
+    return picked or None
+
+
+class StableDiffusionLoraLoaderMixin(LoraLoaderMixin):
+    """LoRA for SD 1.x/2.x pipelines (``unet``, ``text_encoder``)."""
+
+    _lora_loadable_modules = ["unet", "text_encoder"]
+
+
+class StableDiffusionXLLoraLoaderMixin(LoraLoaderMixin):
+    """LoRA for SDXL pipelines (``unet``, ``text_encoder``, ``text_encoder_2``)."""
+
+    _lora_loadable_modules = ["unet", "text_encoder", "text_encoder_2"]

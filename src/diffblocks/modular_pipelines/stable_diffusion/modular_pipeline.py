@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...loaders.lora import StableDiffusionLoraLoaderMixin
 from .. import ModularPipeline
 from .encoders import MODEL_NAME
 
 
-class StableDiffusionModularPipeline(ModularPipeline):
+class StableDiffusionModularPipeline(StableDiffusionLoraLoaderMixin, ModularPipeline):
     """Modular pipeline for Stable Diffusion 1.x/2.x; the derived sizes work before components are loaded."""
 
     default_blocks_name = "StableDiffusionAutoBlocks"

@@ -13,6 +13,7 @@ import torch
 
 from ...configuration import FrozenDict
 from ...image_processor import VaeImageProcessor
+from ...loaders.lora import StableDiffusionLoraLoaderMixin
 from ..pipeline_utils import SAFETY_CHECKER_WARNING, DiffusionPipeline
 from .pipeline_output import StableDiffusionPipelineOutput
 
@@ -29,7 +30,7 @@ def _version_tuple(version: Any) -> tuple:
     return tuple(parts)
 
 
-class StableDiffusionPipelineBase(DiffusionPipeline):
+class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, DiffusionPipeline):
     """Shared constructor, properties, checks and block runner of the SD 1.x/2.x classic pipelines."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"

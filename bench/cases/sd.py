@@ -2,6 +2,8 @@
 
 * ``sd_time_to_first_image``: a fresh process imports the library, loads the tiny SD pipeline, runs 2 steps and
   returns a PIL image; value = wall time from before the library import to the image.
+* ``import_to_pipeline_class``: a fresh process imports the library and reaches ``StableDiffusionPipeline``
+  (torch import included for both); value = wall time from before the library import.
 * ``sd_step_overhead``: per denoising step, the time spent outside the UNet forward (CFG batching, scheduler
   step, loop bookkeeping, callbacks, progress bar): the gap between the end of one ``unet.forward`` and the start
   of the next, median over 5 calls of 21 steps (after a warm-up call) in the same process.
@@ -24,6 +26,14 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 WORK = os.path.join(ROOT, "bench", "_work", "sd_tiny")
 
 CASES = [
+    {
+        "name": "import_to_pipeline_class",
+        "unit": "s",
+        "target": 0.5,
+        "impls": ["diffblocks", "diffusers"],
+        "description": "fresh process: `import <library>` then `<library>.StableDiffusionPipeline` (torch import "
+                       "included for both; nothing loaded).",
+    },
     {
         "name": "sd_time_to_first_image",
         "unit": "s",
@@ -72,6 +82,13 @@ def _pipeline_class(impl: str):
     import diffusers
 
     return diffusers.StableDiffusionPipeline
+
+
+def import_to_pipeline_class(impl: str) -> float:
+    start = time.perf_counter()
+    cls = _pipeline_class(impl)
+    assert cls.__name__ == "StableDiffusionPipeline"
+    return time.perf_counter() - start
 
 
 def time_to_first_image(impl: str) -> float:
@@ -137,9 +154,11 @@ def main() -> None:
     if not os.path.exists(os.path.join(WORK, "model_index.json")):
         # first run: build the folder, then re-exec so this measurement is still a fresh process
         build_folder()
-        if args.case == "sd_time_to_first_image":
+        if args.case in ("sd_time_to_first_image", "import_to_pipeline_class"):
             os.execv(sys.executable, [sys.executable, __file__, "--case", args.case, "--impl", args.impl])
-    if args.case == "sd_time_to_first_image":
+    if args.case == "import_to_pipeline_class":
+        value = import_to_pipeline_class(args.impl)
+    elif args.case == "sd_time_to_first_image":
         value = time_to_first_image(args.impl)
     else:
         value = step_overhead(args.impl, stub_unet=args.case.endswith("_stub_unet"))

@@ -422,8 +422,14 @@ class StableDiffusionInpaintPrepareLatentsStep(ModularPipelineBlocks):
         mask = torch.nn.functional.interpolate(bs.mask, size=(height // factor, width // factor))
         mask = mask.to(device=device, dtype=dtype)
         masked = bs.masked_image_latents if bs.masked_image_latents is not None else bs.masked_image
-        masked = masked.to(device=device, dtype=dtype)
-        if masked.shape[1] == latent_channels:
+        masked = masked.to(device=device, dtype=dtype) if masked is not None else None
+        if masked is None:
+            # the image was given as latents: there is no masked pixel image to encode
+            if unet_channels == 9:
+                raise ValueError("A 9-channel inpainting UNet needs `masked_image_latents` when `image` is given as "
+                                 "latents.")
+            masked_latents = None
+        elif masked.shape[1] == latent_channels:
             masked_latents = masked
         elif unet_channels == 9:
             masked_latents = sample_vae_latents(vae, masked, generator)

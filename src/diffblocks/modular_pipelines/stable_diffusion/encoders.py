@@ -432,7 +432,9 @@ class StableDiffusionInpaintVaeEncoderStep(ModularPipelineBlocks):
         )
         bs.init_image = init_image
         bs.mask = mask
-        bs.masked_image = init_image * (mask < 0.5) if bs.masked_image_latents is None else None
+        is_latents = init_image.shape[1] == getattr(components, "num_channels_latents", 4)
+        # an image given as latents has no masked pixel image (the masked-image latents are then not computed)
+        bs.masked_image = init_image * (mask < 0.5) if bs.masked_image_latents is None and not is_latents else None
         bs.height, bs.width = height, width
         self.set_block_state(state, bs)
         return components, state

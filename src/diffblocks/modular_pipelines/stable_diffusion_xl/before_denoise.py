@@ -306,12 +306,11 @@ class StableDiffusionXLInpaintPrepareLatentsStep(StableDiffusionInpaintPrepareLa
         if start is not None and given is None:
             # the latents come from the base model's early stop: start from the clean image latents (the noise
             # was still drawn, keeping the random stream aligned with the reference implementation)
-            bs = self.get_block_state(state)
-            if bs.image_latents is None:
+            image_latents = state.get("image_latents")
+            if image_latents is None:
                 raise ValueError("`denoising_start` needs the image latents, but none were computed; pass "
                                  "`strength` < 1.")
-            bs.latents = bs.image_latents
-            self.set_block_state(state, bs)
+            state.set("latents", image_latents)
         return components, state
 
 

@@ -263,3 +263,4 @@ class StableDiffusionXLVaeEncoderStep(StableDiffusionVaeEncoderStep):
 
 class StableDiffusionXLInpaintVaeEncoderStep(StableDiffusionInpaintVaeEncoderStep):
     model_name = MODEL_NAME
+

@@ -464,6 +464,10 @@ class ComponentSpec:
         path = load_fields.pop("pretrained_model_name_or_path")
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
+        if isinstance(path, str):
+            from ..hub import builtin_folder
+
+            path = builtin_folder(path) or path  # models shipped with diffblocks load from their folder
         if path is None:
             raise ValueError(
                 f"`pretrained_model_name_or_path` info is required when using `load` method (component "

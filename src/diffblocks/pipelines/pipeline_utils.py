@@ -1240,6 +1240,13 @@ def _load_component(
                 kwargs["variant"] = variant
             if use_safetensors is not None:
                 kwargs["use_safetensors"] = use_safetensors
+            from ..models.clip import load_clip_text_model, supports_fast_load
+
+            if supports_fast_load(component_class):
+                # CLIP text encoders: build the transformers model ourselves (same object, a fraction of the time)
+                model = load_clip_text_model(component_class, path, **kwargs)
+                if model is not None:
+                    return model
     elif is_torch:
         kwargs.update(
             torch_dtype=torch_dtype,

@@ -1,0 +1,131 @@
+"""Fast loading of transformers' CLIP text encoders from a local diffusers-style folder.
+
+``transformers.PreTrainedModel.from_pretrained`` spends most of its time on generic machinery (building its
+checkpoint-conversion tables, loading reports) that a plain CLIP text encoder folder does not need. For the
+common case -- a local folder holding ``config.json`` and one ``model[.variant].safetensors`` whose keys are the
+model's own (or carry the old ``text_model.`` prefix) -- :func:`load_clip_text_model` builds the real
+transformers class from its config on the meta device and assigns the tensors read by safetensors. The result
+is the same transformers object (class, config, dtype, eval mode, buffers) that ``from_pretrained`` returns.
+Anything else (sharded or ``.bin`` checkpoints, quantisation, device maps, unknown or missing keys, hub ids)
+returns ``None`` and the caller uses transformers' own ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: transformers classes this loader builds itself (module, class name)
+_FAST_CLASSES = {
+    ("transformers.models.clip.modeling_clip", "CLIPTextModel"),
+    ("transformers.models.clip.modeling_clip", "CLIPTextModelWithProjection"),
+}
+_OLD_PREFIX = "text_model."
+
+
+def supports_fast_load(cls: type) -> bool:
+    """True when ``cls`` is one of the transformers CLIP text encoders :func:`load_clip_text_model` builds."""
+    return (getattr(cls, "__module__", None), getattr(cls, "__name__", None)) in _FAST_CLASSES
+
+
+def _weights_file(path: str, variant: Optional[str]) -> Optional[str]:
+    name = "model.safetensors" if variant is None else f"model.{variant}.safetensors"
+    candidate = os.path.join(path, name)
+    if not os.path.isfile(candidate):
+        return None
+    # a sharded checkpoint next to it would make the choice ambiguous: leave it to transformers
+    if os.path.exists(os.path.join(path, name.replace(".safetensors", ".safetensors.index.json"))):
+        return None
+    return candidate
+
+
+def _match_keys(state_dict: dict, expected: set, is_prefixed_model: bool) -> Optional[dict]:
+    """Map checkpoint keys onto the model's; ``None`` when they do not correspond one to one."""
+    out = {}
+    for key, tensor in state_dict.items():
+        target = key
+        if target not in expected and not is_prefixed_model and target.startswith(_OLD_PREFIX):
+            target = target[len(_OLD_PREFIX):]
+        if target not in expected:
+            if target.endswith("position_ids"):  # old checkpoints persisted the non-persistent buffer
+                continue
+            return None
+        if target in out:
+            return None
+        out[target] = tensor
+    if set(out) != expected:
+        return None
+    return out
+
+
+def load_clip_text_model(cls: type, path: str, *, dtype: torch.dtype = torch.float32,
+                         variant: Optional[str] = None, use_safetensors: Optional[bool] = None,
+                         **unsupported: Any) -> Optional[torch.nn.Module]:
+    """Load ``cls`` (``CLIPTextModel`` or ``CLIPTextModelWithProjection``) from the local folder ``path``.
+
+    Returns the loaded model in eval mode, or ``None`` when the folder is not the simple case this loader handles
+    (the caller then uses ``cls.from_pretrained``). Any keyword besides ``dtype``/``variant``/``use_safetensors``
+    also means ``None``.
+    """
+    if unsupported or use_safetensors is False or not supports_fast_load(cls):
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        return None
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    weights = _weights_file(path, variant)
+    if weights is None:
+        return None
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+        raw = json.load(handle)
+    if not isinstance(raw, dict) or "quantization_config" in raw or raw.get("model_type") != "clip_text_model":
+        return None
+    architectures = raw.get("architectures")
+    if architectures and cls.__name__ not in architectures and architectures != ["CLIPTextModel"] \
+            and architectures != ["CLIPTextModelWithProjection"]:
+        return None
+
+    from safetensors.torch import load_file
+
+    config = cls.config_class.from_pretrained(path)
+    config.name_or_path = path
+    with torch.device("meta"):
+        model = cls(config)
+    params = dict(model.named_parameters())
+    persistent = set(model.state_dict().keys())
+    if set(params) != persistent:  # persistent buffers would need loading rules this path does not know
+        return None
+    prefixed = cls.__name__ == "CLIPTextModelWithProjection"
+    state = _match_keys(load_file(weights), persistent, prefixed)
+    if state is None:
+        logger.debug("checkpoint keys of %s do not match %s; using transformers' loader", weights, cls.__name__)
+        return None
+    for key, tensor in state.items():
+        if tensor.dtype != dtype and tensor.is_floating_point():
+            state[key] = tensor.to(dtype)
+        if tuple(state[key].shape) != tuple(params[key].shape):
+            return None
+    model.load_state_dict(state, strict=True, assign=True)
+    for module in model.modules():
+        buffer = module._buffers.get("position_ids")
+        if buffer is not None and buffer.is_meta:
+            module._buffers["position_ids"] = torch.arange(buffer.shape[-1]).expand((1, -1))
+    if any(t.is_meta for t in model.parameters()) or any(b.is_meta for b in model.buffers()):
+        return None
+    # the bookkeeping transformers' from_pretrained leaves on a loaded model (weights count as initialised, so a
+    # later init_weights()/resize does not re-initialise them; no kernel hub; no weight conversions applied)
+    for module in model.modules():
+        module._is_hf_initialized = True
+    for param in model.parameters():
+        param._is_hf_initialized = True
+    model._weight_conversions = []
+    model._use_kernels = False
+    model.config.dtype = dtype
+    model.eval()
+    logger.debug("Loaded %s from %s without transformers' from_pretrained", cls.__name__, path)
+    return model

@@ -654,6 +654,10 @@ class LoraLoaderMixin:
             for layer in _tuner_layers(model):
                 if lora_scale != 1.0:
                     layer.scale_layer(lora_scale)
+                base = layer.get_base_layer()
+                if not layer.merged_adapters and not hasattr(layer, "_diffblocks_unfused"):
+                    # keep the exact pre-fusion weights so that unfuse_lora restores them bit for bit
+                    layer._diffblocks_unfused = {n: p.detach().clone() for n, p in base.named_parameters()}
                 layer.merge(safe_merge=safe_fusing, adapter_names=adapter_names)
                 fused.update(layer.merged_adapters)
         object.__setattr__(self, "_diffblocks_fused_loras", fused)
@@ -667,7 +671,16 @@ class LoraLoaderMixin:
             if model is None:
                 continue
             for layer in _tuner_layers(model):
-                layer.unmerge()
+                saved = getattr(layer, "_diffblocks_unfused", None)
+                if saved is None:
+                    layer.unmerge()
+                    continue
+                base = layer.get_base_layer()
+                with torch.no_grad():
+                    for n, p in base.named_parameters():
+                        p.copy_(saved[n])
+                layer.merged_adapters.clear()
+                del layer._diffblocks_unfused
         still = set()
         for model in models.values():
             for layer in _tuner_layers(model):

@@ -14,9 +14,8 @@ def run_both(sdxl_loaded, cls_name, kind="base", seed=0, **kwargs):
     outs = {}
     for lib in ("theirs", "ours"):
         pipe = sdxl_loaded(lib, cls_name, kind)
-        outs[lib] = pipe(generator=torch.Generator().manual_seed(seed), num_inference_steps=kwargs.pop("steps", 2)
-                         if False else kwargs.get("num_inference_steps", 2),
-                         **{k: v for k, v in kwargs.items() if k != "num_inference_steps"})
+        call = {"num_inference_steps": 2, **kwargs}
+        outs[lib] = pipe(generator=torch.Generator().manual_seed(seed), **call)
     return outs["ours"], outs["theirs"]
 
 
@@ -111,3 +110,41 @@ def test_inpaint_denoising_start_end_parity(sdxl_loaded):
         results[lib] = (latents, image)
     assert float((results["ours"][0] - results["theirs"][0]).abs().max()) <= TOL
     assert max_diff(results["ours"][1], results["theirs"][1]) <= TOL
+
+
+def test_autopipeline_rows_and_round_trip(sdxl_folders, tmp_path):
+    import diffusers
+
+    import diffblocks
+
+    assert type(diffblocks.AutoPipelineForText2Image.from_pretrained(sdxl_folders["base"])).__name__ == \
+        "StableDiffusionXLPipeline"
+    assert type(diffblocks.AutoPipelineForInpainting.from_pretrained(sdxl_folders["base"])).__name__ == \
+        "StableDiffusionXLInpaintPipeline"
+    refiner = diffblocks.AutoPipelineForImage2Image.from_pretrained(sdxl_folders["refiner"])
+    assert type(refiner).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert refiner.config.requires_aesthetics_score is True and refiner.text_encoder is None
+    refiner.save_pretrained(str(tmp_path / "saved"))
+    theirs = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(str(tmp_path / "saved"))
+    assert theirs.config.requires_aesthetics_score is True and theirs.text_encoder is None
+
+
+def test_modular_matches_diffusers_modular(sdxl_folders):
+    """Our StableDiffusionXLAutoBlocks pipeline and diffusers' on the same folder: same image."""
+    import logging
+
+    import diffusers.modular_pipelines as theirs_mod
+
+    import diffblocks.modular_pipelines as ours_mod
+
+    outs = {}
+    for name, mod in (("ours", ours_mod), ("theirs", theirs_mod)):
+        logging.disable(logging.ERROR)  # diffusers logs a failed (unused) image_encoder lookup
+        try:
+            pipe = mod.StableDiffusionXLAutoBlocks().init_pipeline(sdxl_folders["base"])
+            pipe.load_components(torch_dtype=torch.float32)
+        finally:
+            logging.disable(logging.NOTSET)
+        outs[name] = pipe(prompt="a cat", negative_prompt="ugly", num_inference_steps=2, output_type="np",
+                          generator=torch.Generator().manual_seed(0), output="images", **SIZE)
+    assert max_diff(outs["ours"], outs["theirs"]) <= TOL

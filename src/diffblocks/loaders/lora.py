@@ -405,10 +405,26 @@ def _remove_lora_layers(model: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+class _LoadableModules:
+    """Class-level: the declared component list; on an instance: also ``text_encoder_2`` when the pipeline has one
+    (so a pipeline class that inherits the SD mixin but carries a second text encoder still gets it)."""
+
+    def __init__(self, names: List[str]):
+        self.names = list(names)
+
+    def __get__(self, obj: Any, owner: type) -> List[str]:
+        names = list(self.names)
+        if obj is not None and "text_encoder_2" not in names and isinstance(
+            getattr(obj, "text_encoder_2", None), nn.Module
+        ):
+            names.append("text_encoder_2")
+        return names
+
+
 class LoraLoaderMixin:
     """LoRA loading and adapter management for pipelines with ``unet`` and text encoder components."""
 
-    _lora_loadable_modules: List[str] = ["unet", "text_encoder", "text_encoder_2"]
+    _lora_loadable_modules = _LoadableModules(["unet", "text_encoder", "text_encoder_2"])
 
     # ------------------------------------------------------------------ helpers
     def _lora_models(self) -> Dict[str, nn.Module]:
@@ -720,10 +736,10 @@ def _component_metadata(metadata: Optional[Dict[str, Any]], component: str) -> O
 class StableDiffusionLoraLoaderMixin(LoraLoaderMixin):
     """LoRA for SD 1.x/2.x pipelines (``unet``, ``text_encoder``)."""
 
-    _lora_loadable_modules = ["unet", "text_encoder"]
+    _lora_loadable_modules = _LoadableModules(["unet", "text_encoder"])
 
 
 class StableDiffusionXLLoraLoaderMixin(LoraLoaderMixin):
     """LoRA for SDXL pipelines (``unet``, ``text_encoder``, ``text_encoder_2``)."""
 
-    _lora_loadable_modules = ["unet", "text_encoder", "text_encoder_2"]
+    _lora_loadable_modules = _LoadableModules(["unet", "text_encoder", "text_encoder_2"])

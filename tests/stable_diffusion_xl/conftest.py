@@ -19,7 +19,24 @@ def sdxl_folders(tmp_path_factory):
     from tests.fixtures.tiny import build_tiny_sdxl_folder
 
     root = tmp_path_factory.mktemp("sdxl")
-    return {kind: build_tiny_sdxl_folder(str(root / kind), kind) for kind in ("base", "refiner")}
+    folders = {kind: build_tiny_sdxl_folder(str(root / kind), kind) for kind in ("base", "refiner")}
+    folders["inpaint9"] = _inpaint9_folder(str(root / "inpaint9"), folders["base"])
+    return folders
+
+
+def _inpaint9_folder(path: str, base: str) -> str:
+    """The base folder with a 9-channel (inpainting) UNet: latents + mask + masked-image latents."""
+    import shutil
+
+    from diffblocks import UNet2DConditionModel
+    from tests.fixtures.tiny import tiny_unet_config
+
+    shutil.copytree(base, path)
+    shutil.rmtree(os.path.join(path, "unet"))
+    torch.manual_seed(7)
+    unet = UNet2DConditionModel(**{**tiny_unet_config("sdxl"), "in_channels": 9}).eval()
+    unet.save_pretrained(os.path.join(path, "unet"))
+    return path
 
 
 @pytest.fixture(scope="session")

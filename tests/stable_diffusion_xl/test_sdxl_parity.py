@@ -81,6 +81,14 @@ def test_inpaint_parity(sdxl_loaded, strength):
     assert max_diff(ours.images, theirs.images) <= TOL
 
 
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_inpaint_9_channel_unet_parity(sdxl_loaded, strength):
+    ours, theirs = run_both(sdxl_loaded, "StableDiffusionXLInpaintPipeline", "inpaint9", prompt="a cat",
+                            image=make_image(), mask_image=make_mask(), strength=strength, num_inference_steps=3,
+                            output_type="np", **SIZE)
+    assert max_diff(ours.images, theirs.images) <= TOL
+
+
 def test_base_plus_refiner_parity(sdxl_loaded):
     """Base stops at denoising_end=0.5 and hands latents to the refiner starting at denoising_start=0.5."""
     results = {}

@@ -156,3 +156,22 @@ def test_modular_matches_diffusers_modular(sdxl_folders):
         outs[name] = pipe(prompt="a cat", negative_prompt="ugly", num_inference_steps=2, output_type="np",
                           generator=torch.Generator().manual_seed(0), output="images", **SIZE)
     assert max_diff(outs["ours"], outs["theirs"]) <= TOL
+
+
+def test_fp16_vae_force_upcast_img2img_parity(sdxl_folders):
+    """An fp16 VAE with `force_upcast` encodes and decodes in float32 (fresh pipelines: the VAE dtype changes)."""
+    import diffusers
+
+    import diffblocks
+
+    outs = {}
+    for name, mod in (("ours", diffblocks), ("theirs", diffusers)):
+        pipe = mod.StableDiffusionXLImg2ImgPipeline.from_pretrained(sdxl_folders["base"])
+        pipe.set_progress_bar_config(disable=True)
+        assert pipe.vae.config.force_upcast
+        pipe.vae.to(torch.float16)
+        outs[name] = pipe(prompt="a cat", image=make_image(), strength=0.6, num_inference_steps=3,
+                          output_type="np", generator=torch.Generator().manual_seed(0)).images
+        if name == "ours":
+            assert pipe.vae.dtype == torch.float16  # restored after the float32 encode/decode
+    assert max_diff(outs["ours"], outs["theirs"]) <= TOL

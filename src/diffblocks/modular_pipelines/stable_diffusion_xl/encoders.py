@@ -260,6 +260,24 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
 class StableDiffusionXLVaeEncoderStep(StableDiffusionVaeEncoderStep):
     model_name = MODEL_NAME
 
+    @torch.no_grad()
+    def __call__(self, components, state):
+        vae = components.vae
+        if vae is None or vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+            return super().__call__(components, state)
+        # an fp16 VAE flagged `force_upcast` overflows when encoding: encode in float32, return latents in `dtype`
+        requested = state.get("dtype")
+        dtype = requested if requested is not None else torch.float16
+        vae.to(dtype=torch.float32)
+        try:
+            state.set("dtype", torch.float32)
+            components, state = super().__call__(components, state)
+        finally:
+            vae.to(dtype=torch.float16)
+        state.set("image_latents", state.get("image_latents").to(dtype))
+        state.set("dtype", dtype)
+        return components, state
+
 
 class StableDiffusionXLInpaintVaeEncoderStep(StableDiffusionInpaintVaeEncoderStep):
     model_name = MODEL_NAME

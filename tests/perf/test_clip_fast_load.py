@@ -115,3 +115,38 @@ def test_pipeline_loads_text_encoder_through_fast_path(tmp_path, monkeypatch):
     assert type(pipe.text_encoder) is CLIPTextModel
     _assert_same(CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"), dtype=torch.float32),
                  pipe.text_encoder)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_auto_model_uses_fast_path_with_transformers_semantics(tmp_path, monkeypatch, dtype):
+    from diffblocks import AutoModel
+
+    root = tmp_path / "repo"
+    _write(root / "text_encoder", CLIPTextModel, seed=3)
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    ref = CLIPTextModel.from_pretrained(str(root), subfolder="text_encoder", **({} if dtype is None else {"dtype": dtype}))
+    original = CLIPTextModel.from_pretrained
+
+    def refuse(*args, **kw):
+        raise AssertionError("transformers' from_pretrained should not run")
+
+    monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(refuse))
+    mine = AutoModel.from_pretrained(str(root), subfolder="text_encoder", **kwargs)
+    monkeypatch.setattr(CLIPTextModel, "from_pretrained", original)
+    _assert_same(ref, mine)
+    assert mine.config._name_or_path == str(root)
+
+
+def test_keep_checkpoint_dtype_needs_a_recorded_matching_dtype(tmp_path):
+    path = _write(tmp_path / "te", CLIPTextModel, dtype=torch.float16)
+    mine = load_clip_text_model(CLIPTextModel, path, dtype=None)
+    assert mine is not None and mine.dtype == torch.float16
+    _assert_same(CLIPTextModel.from_pretrained(path), mine)
+    cfg_path = os.path.join(path, "config.json")
+    with open(cfg_path) as handle:
+        cfg = json.load(handle)
+    cfg.pop("dtype", None)
+    cfg.pop("torch_dtype", None)
+    with open(cfg_path, "w") as handle:
+        json.dump(cfg, handle)
+    assert load_clip_text_model(CLIPTextModel, path, dtype=None) is None

@@ -276,6 +276,14 @@ def _load_transformers(model_cls, path: str, subfolder: Optional[str], kwargs: D
         local = resolve_folder(path, select=select, **hub)
         for key in _HUB_KEYS:
             kwargs.pop(key, None)
+    from .clip import load_clip_text_model, supports_fast_load
+
+    if supports_fast_load(model_cls) and set(kwargs) <= {"dtype", "variant", "use_safetensors"}:
+        # CLIP text encoders: the same transformers object, built without transformers' generic loader
+        folder = os.path.join(local, subfolder) if subfolder else local
+        model = load_clip_text_model(model_cls, folder, name_or_path=local, **kwargs)
+        if model is not None:
+            return model
     if subfolder:
         kwargs["subfolder"] = subfolder
     return model_cls.from_pretrained(local, **kwargs)

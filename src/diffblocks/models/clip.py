@@ -63,18 +63,19 @@ def _match_keys(state_dict: dict, expected: set, is_prefixed_model: bool) -> Opt
     return out
 
 
-def load_clip_text_model(cls: type, path: str, *, dtype: torch.dtype = torch.float32,
+def load_clip_text_model(cls: type, path: str, *, dtype: Optional[torch.dtype] = torch.float32,
                          variant: Optional[str] = None, use_safetensors: Optional[bool] = None,
-                         **unsupported: Any) -> Optional[torch.nn.Module]:
+                         name_or_path: Optional[str] = None, **unsupported: Any) -> Optional[torch.nn.Module]:
     """Load ``cls`` (``CLIPTextModel`` or ``CLIPTextModelWithProjection``) from the local folder ``path``.
 
     Returns the loaded model in eval mode, or ``None`` when the folder is not the simple case this loader handles
     (the caller then uses ``cls.from_pretrained``). Any keyword besides ``dtype``/``variant``/``use_safetensors``
-    also means ``None``.
+    also means ``None``. ``dtype=None`` keeps the checkpoint's dtype (only when ``config.json`` records that same
+    dtype). ``name_or_path`` (default ``path``) is recorded as the config's ``_name_or_path``.
     """
     if unsupported or use_safetensors is False or not supports_fast_load(cls):
         return None
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         return None
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         return None
@@ -92,8 +93,15 @@ def load_clip_text_model(cls: type, path: str, *, dtype: torch.dtype = torch.flo
 
     from safetensors.torch import load_file
 
+    loaded = load_file(weights)
+    if dtype is None:
+        stored = {t.dtype for t in loaded.values() if t.is_floating_point()}
+        recorded = raw.get("dtype", raw.get("torch_dtype"))
+        if len(stored) != 1 or not isinstance(recorded, str) or getattr(torch, recorded, None) not in stored:
+            return None
+        dtype = stored.pop()
     config = cls.config_class.from_pretrained(path)
-    config.name_or_path = path
+    config.name_or_path = path if name_or_path is None else name_or_path
     with torch.device("meta"):
         model = cls(config)
     params = dict(model.named_parameters())
@@ -101,7 +109,7 @@ def load_clip_text_model(cls: type, path: str, *, dtype: torch.dtype = torch.flo
     if set(params) != persistent:  # persistent buffers would need loading rules this path does not know
         return None
     prefixed = cls.__name__ == "CLIPTextModelWithProjection"
-    state = _match_keys(load_file(weights), persistent, prefixed)
+    state = _match_keys(loaded, persistent, prefixed)
     if state is None:
         logger.debug("checkpoint keys of %s do not match %s; using transformers' loader", weights, cls.__name__)
         return None

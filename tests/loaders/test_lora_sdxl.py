@@ -1,4 +1,5 @@
-"""LoRA on SDXL (two text encoders): parity against diffusers for peft and kohya (lora_te1_/lora_te2_) files."""
+"""LoRA on SDXL (two text encoders): parity against diffusers for peft, kohya (lora_te1_/lora_te2_) and kohya
+files with the original SGM block numbering."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +7,17 @@ import torch
 from tests.fixtures.tiny import build_tiny_sdxl_folder
 
 RANK = 4
+
+
+def _to_sgm(name, layers_per_block):
+    """diffusers attention module name -> the original SDXL (SGM) numbering kohya files use (dots kept)."""
+    per = layers_per_block + 1
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return f"input_blocks.{1 + int(parts[1]) * per + int(parts[3])}.1." + ".".join(parts[4:])
+    if parts[0] == "up_blocks":
+        return f"output_blocks.{int(parts[1]) * per + int(parts[3])}.1." + ".".join(parts[4:])
+    return "middle_block.1." + ".".join(parts[3:])
 
 
 def make_sdxl_lora(pipe, layout, seed, alpha=2.0):
@@ -25,6 +37,8 @@ def make_sdxl_lora(pipe, layout, seed, alpha=2.0):
         if layout == "peft":
             sd[f"{comp}.{name}.lora_A.weight"], sd[f"{comp}.{name}.lora_B.weight"] = down, up
         else:
+            if layout == "sgm" and comp == "unet":
+                name = _to_sgm(name, layers_per_block=pipe.unet.config.layers_per_block)
             prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[comp]
             base = prefix + name.replace(".", "_")
             sd[f"{base}.lora_down.weight"], sd[f"{base}.lora_up.weight"] = down, up
@@ -44,9 +58,10 @@ def test_sdxl_two_text_encoders_parity(tmp_path):
         pipe.set_progress_bar_config(disable=True)
         pipe.load_lora_weights(make_sdxl_lora(ours, "peft", seed=1), adapter_name="a")
         pipe.load_lora_weights(make_sdxl_lora(ours, "kohya", seed=2), adapter_name="b")
-        pipe.set_adapters(["a", "b"], adapter_weights=[0.6, 1.2])
-    assert ours.get_list_adapters() == {"unet": ["a", "b"], "text_encoder": ["a", "b"],
-                                        "text_encoder_2": ["a", "b"]}
+        pipe.load_lora_weights(make_sdxl_lora(ours, "sgm", seed=4, alpha=3.0), adapter_name="s")
+        pipe.set_adapters(["a", "b", "s"], adapter_weights=[0.6, 1.2, 0.8])
+    assert ours.get_list_adapters() == {"unet": ["a", "b", "s"], "text_encoder": ["a", "b", "s"],
+                                        "text_encoder_2": ["a", "b", "s"]}
 
     def run(pipe):
         return np.asarray(pipe("a tiny photo", num_inference_steps=2, height=32, width=32, output_type="np",
@@ -54,6 +69,11 @@ def test_sdxl_two_text_encoders_parity(tmp_path):
 
     got, want = run(ours), run(ref)
     assert float(np.abs(got - want).max()) <= 1e-4
+    for pipe in (ref, ours):
+        pipe.set_adapters("s")
+    only_sgm = run(ours)
+    assert float(np.abs(only_sgm - got).max()) > 1e-3
+    assert float(np.abs(only_sgm - run(ref)).max()) <= 1e-4
     ours.unload_lora_weights()
     assert ours.get_list_adapters() == {}
     original = {k: v.clone() for k, v in ours.text_encoder_2.state_dict().items()}

@@ -134,6 +134,52 @@ def _split_words(name: str) -> str:
     return ".".join(parts)
 
 
+_SGM_RESNET = (("in_layers_0", "norm1"), ("in_layers_2", "conv1"), ("out_layers_0", "norm2"),
+               ("out_layers_3", "conv2"), ("emb_layers_1", "time_emb_proj"), ("skip_connection", "conv_shortcut"))
+_SGM_TOP = {"time_embed_0": "time_embedding_linear_1", "time_embed_2": "time_embedding_linear_2",
+            "label_emb_0_0": "add_embedding_linear_1", "label_emb_0_2": "add_embedding_linear_2",
+            "out_0": "conv_norm_out", "out_2": "conv_out", "input_blocks_0_0": "conv_in"}
+
+
+def _resnet_part(rest: str) -> str:
+    for old, new in _SGM_RESNET:
+        if rest == old or rest.startswith(old + "_"):
+            return new + rest[len(old):]
+    return rest
+
+
+def _sgm_to_diffusers(name: str, layers_per_block: int) -> str:
+    """Kohya SDXL UNet names use the original (SGM) block numbering; rewrite them to diffusers' block names."""
+    if name in _SGM_TOP:
+        return _SGM_TOP[name]
+    per = layers_per_block + 1
+    match = re.match(r"^input_blocks_(\d+)_(\d+)_(.*)$", name)
+    if match:
+        i, j, rest = int(match.group(1)), int(match.group(2)), match.group(3)
+        block, layer = (i - 1) // per, (i - 1) % per
+        if layer == layers_per_block:
+            return f"down_blocks_{block}_downsamplers_0_conv"
+        if j == 0:
+            return f"down_blocks_{block}_resnets_{layer}_{_resnet_part(rest)}"
+        return f"down_blocks_{block}_attentions_{layer}_{rest}"
+    match = re.match(r"^middle_block_(\d+)_(.*)$", name)
+    if match:
+        j, rest = int(match.group(1)), match.group(2)
+        if j == 1:
+            return f"mid_block_attentions_0_{rest}"
+        return f"mid_block_resnets_{0 if j == 0 else 1}_{_resnet_part(rest)}"
+    match = re.match(r"^output_blocks_(\d+)_(\d+)_(.*)$", name)
+    if match:
+        i, j, rest = int(match.group(1)), int(match.group(2)), match.group(3)
+        block, layer = i // per, i % per
+        if j == 0:
+            return f"up_blocks_{block}_resnets_{layer}_{_resnet_part(rest)}"
+        if j == 2 or rest.startswith("conv"):
+            return f"up_blocks_{block}_upsamplers_0_conv"
+        return f"up_blocks_{block}_attentions_{layer}_{rest}"
+    return name
+
+
 def _kohya_lookup(module_names: Iterable[str]) -> Dict[str, str]:
     table: Dict[str, str] = {}
     for name in module_names:
@@ -152,7 +198,8 @@ def _is_kohya(keys: Iterable[str]) -> bool:
 
 
 def _convert_kohya(
-    state_dict: Dict[str, torch.Tensor], module_names: Optional[Dict[str, Iterable[str]]]
+    state_dict: Dict[str, torch.Tensor], module_names: Optional[Dict[str, Iterable[str]]],
+    layers_per_block: Optional[int] = None,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
     tables = {c: _kohya_lookup(names) for c, names in (module_names or {}).items()}
     out: Dict[str, torch.Tensor] = {}
@@ -167,6 +214,9 @@ def _convert_kohya(
         if suffix == "dora_scale":
             dropped_dora = True
             continue
+        if component == "unet" and name.startswith(("input_blocks_", "middle_block_", "output_blocks_",
+                                                     "time_embed_", "label_emb_", "out_")):
+            name = _sgm_to_diffusers(name, 2 if layers_per_block is None else int(layers_per_block))
         if component in tables:
             module = tables[component].get(name)
         else:
@@ -235,17 +285,27 @@ def _check_lora_keys(state_dict: Dict[str, Any]) -> None:
 
 
 def convert_lora_state_dict(
-    state_dict: Dict[str, torch.Tensor], module_names: Optional[Dict[str, Iterable[str]]] = None
+    state_dict: Dict[str, torch.Tensor],
+    module_names: Optional[Dict[str, Iterable[str]]] = None,
+    unet_config: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
     """Convert any supported LoRA layout to prefixed peft keys.
 
     Returns ``(state_dict, network_alphas)`` with keys ``<component>.<module>.lora_A.weight`` / ``lora_B.weight``
     and ``<component>.<module>.alpha``.  ``module_names`` maps a component to its module names; kohya names are
-    looked up there (without it they are split on a list of known words).
+    looked up there (without it they are split on a list of known words).  Kohya SDXL files with the original
+    ``input_blocks``/``middle_block``/``output_blocks`` numbering are remapped with ``unet_config``'s
+    ``layers_per_block`` (2 when not given).
     """
     _check_lora_keys(state_dict)
     if _is_kohya(state_dict):
-        return _convert_kohya(state_dict, module_names)
+        layers = None
+        if unet_config is not None:
+            layers = unet_config.get("layers_per_block") if isinstance(unet_config, dict) else getattr(
+                unet_config, "layers_per_block", None)
+        if isinstance(layers, (list, tuple)):
+            layers = layers[0]
+        return _convert_kohya(state_dict, module_names, layers)
     return _convert_diffusers(state_dict)
 
 
@@ -466,7 +526,7 @@ class LoraLoaderMixin:
         module_names = kwargs.pop("_module_names", None)
         state_dict, metadata = _read_lora(pretrained_model_name_or_path_or_dict, weight_name, subfolder,
                                           use_safetensors, kwargs)
-        state_dict, alphas = convert_lora_state_dict(state_dict, module_names)
+        state_dict, alphas = convert_lora_state_dict(state_dict, module_names, unet_config)
         if return_lora_metadata:
             return state_dict, alphas, metadata
         return state_dict, alphas
@@ -493,7 +553,8 @@ class LoraLoaderMixin:
             pretrained_model_name_or_path_or_dict = dict(pretrained_model_name_or_path_or_dict)
         module_names = {name: [n for n, _ in model.named_modules()] for name, model in models.items()}
         state_dict, alphas, metadata = self.lora_state_dict(
-            pretrained_model_name_or_path_or_dict, return_lora_metadata=True, _module_names=module_names, **kwargs
+            pretrained_model_name_or_path_or_dict, return_lora_metadata=True, _module_names=module_names,
+            unet_config=kwargs.pop("unet_config", getattr(models.get("unet"), "config", None)), **kwargs
         )
         by_component: Dict[str, Dict[str, torch.Tensor]] = {}
         unknown = []

@@ -180,6 +180,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--device: not a device: {args.device!r} (expected cpu, cuda, cuda:N or mps)")
     dtype = getattr(torch, DTYPES[args.dtype])
 
+    from diffblocks.utils import logging as db_logging
+
+    if args.progress is False:
+        db_logging.disable_progress_bar()
+    else:
+        db_logging.enable_progress_bar(force=bool(args.progress))
     if args.mask is not None:
         auto = diffblocks.AutoPipelineForInpainting
     elif args.image is not None:

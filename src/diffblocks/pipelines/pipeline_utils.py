@@ -708,6 +708,14 @@ class DiffusionPipeline(ConfigMixin):
         # 5. components
         types = _signature_types(pipeline_class)
         names = [n for n in expected if n in config_dict or n in passed_components]
+        from tqdm.auto import tqdm
+
+        from ..utils.logging import tqdm_disable_option
+
+        to_load = sum(1 for n in names if n not in passed_components and isinstance(config_dict.get(n), (list, tuple))
+                      and None not in config_dict.get(n))
+        loading_bar = tqdm(total=to_load, desc="Loading pipeline components...", unit="component",
+                           disable=tqdm_disable_option(), leave=False)
         for name in names:
             entry = config_dict.get(name)
             is_entry = isinstance(entry, (list, tuple)) and len(entry) == 2
@@ -737,6 +745,9 @@ class DiffusionPipeline(ConfigMixin):
             )
             if target_device is not None and _is_module(init_kwargs[name]):
                 init_kwargs[name].to(target_device)
+            loading_bar.set_postfix_str(name, refresh=False)
+            loading_bar.update(1)
+        loading_bar.close()
 
         missing = set(expected) - set(init_kwargs)
         allowed_missing = set(passed_components) | set(pipeline_class._optional_components)

@@ -64,16 +64,30 @@ def set_verbosity_error() -> None:
     set_verbosity(ERROR)
 
 
-def enable_progress_bar() -> None:
-    """Let pipelines show tqdm bars (the default; they still hide themselves when stderr is not a terminal)."""
-    global _progress_bars_enabled
+_progress_bars_forced = False
+
+
+def enable_progress_bar(force: bool = False) -> None:
+    """Let pipelines show tqdm bars (the default; they still hide themselves when stderr is not a terminal,
+    unless ``force=True``)."""
+    global _progress_bars_enabled, _progress_bars_forced
     _progress_bars_enabled = True
+    _progress_bars_forced = bool(force)
 
 
 def disable_progress_bar() -> None:
     """Hide every pipeline progress bar unless a pipeline's ``set_progress_bar_config`` asks for one."""
-    global _progress_bars_enabled
+    global _progress_bars_enabled, _progress_bars_forced
     _progress_bars_enabled = False
+    _progress_bars_forced = False
+
+
+def tqdm_disable_option() -> Optional[bool]:
+    """The tqdm ``disable`` value library-level bars use: True when disabled, False when forced on, else None
+    (tqdm then hides the bar when stderr is not a terminal)."""
+    if not _progress_bars_enabled:
+        return True
+    return False if _progress_bars_forced else None
 
 
 def is_progress_bar_enabled() -> bool:

@@ -82,3 +82,27 @@ def test_integer_timestep_refused_and_churn_draws_noise():
     churned = sched.step(torch.zeros_like(x), t, x, s_churn=1.0, generator=torch.Generator().manual_seed(0),
                          return_dict=False)[0]
     assert churned.abs().sum().item() > 0
+
+
+@pytest.mark.parametrize("config", [dict(SD), dict(SD, rescale_betas_zero_snr=True, timestep_spacing="trailing")])
+def test_ancestral_steps_match_the_reference_formula(config):
+    from diffblocks import EulerAncestralDiscreteScheduler
+
+    sched = EulerAncestralDiscreteScheduler(**config)
+    sched.set_timesteps(6)
+    sigmas = sched.sigmas.tolist()
+    data = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, generator=data) * sched.init_noise_sigma
+    mine_gen, ref_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for k, t in enumerate(sched.timesteps):
+        eps = torch.randn(1, 4, 8, 8, generator=data)
+        sched.scale_model_input(x, t)
+        prev = sched.step(eps, t, x, generator=mine_gen, return_dict=False)[0]
+        s, s_to = sigmas[k], sigmas[k + 1]
+        up = (s_to**2 * (s**2 - s_to**2) / s**2) ** 0.5
+        down = (s_to**2 - up**2) ** 0.5
+        x0 = x - s * eps
+        ref = x + ((x - x0) / s) * (down - s) + torch.randn(x.shape, generator=ref_gen) * up
+        err = (prev - ref).abs().max().item() / ref.abs().max().item()
+        assert err <= 1e-6, (k, err)
+        x = prev

@@ -269,3 +269,27 @@ def test_modular_pipeline_loads_lora(sd_folder, our_pipe, tmp_path):
     manager = ComponentsManager()
     manager.add("unet", mp.unet)
     assert "toy_face" in str(manager)
+
+
+def test_folder_default_name_and_hub_cache(tmp_path, our_pipe):
+    from tests.fixtures.tiny import fill_hf_cache
+
+    sd = make_lora(our_pipe, "peft", seed=10)
+    src = tmp_path / "repo"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(src / "pytorch_lora_weights.safetensors"))
+    save_file({"x.lora_A.weight": torch.zeros(1)}, str(src / "optimizer_state.safetensors"))
+    our_pipe.load_lora_weights(str(src), adapter_name="folder")  # picks pytorch_lora_weights.safetensors
+    from_folder = run(our_pipe)
+    our_pipe.unload_lora_weights()
+
+    cache = tmp_path / "cache"
+    fill_hf_cache(str(cache), "someone/tiny-lora", str(src))
+    our_pipe.load_lora_weights("someone/tiny-lora", weight_name="pytorch_lora_weights.safetensors",
+                               cache_dir=str(cache), local_files_only=True, adapter_name="hub")
+    assert our_pipe.get_list_adapters()["unet"] == ["hub"]
+    assert np.array_equal(run(our_pipe), from_folder)
+    with pytest.raises(ValueError, match="When using the offline mode, you must specify a `weight_name`."):
+        our_pipe.load_lora_weights("someone/tiny-lora", cache_dir=str(cache), local_files_only=True)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['bogus'\]"):
+        our_pipe.load_lora_weights(str(src), bogus=1)

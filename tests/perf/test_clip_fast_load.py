@@ -150,3 +150,14 @@ def test_keep_checkpoint_dtype_needs_a_recorded_matching_dtype(tmp_path):
     with open(cfg_path, "w") as handle:
         json.dump(cfg, handle)
     assert load_clip_text_model(CLIPTextModel, path, dtype=None) is None
+
+
+def test_saving_back_into_the_loaded_folder_keeps_the_weights(tmp_path):
+    path = _write(tmp_path / "te", CLIPTextModel, seed=5)
+    mine = load_clip_text_model(CLIPTextModel, path, dtype=torch.float32)
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    mine.save_pretrained(path)  # rewrites model.safetensors in place
+    for key, value in mine.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    again = load_clip_text_model(CLIPTextModel, path, dtype=torch.float32)
+    _assert_same(mine, again)

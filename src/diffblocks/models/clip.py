@@ -93,6 +93,8 @@ def load_clip_text_model(cls: type, path: str, *, dtype: Optional[torch.dtype] =
 
     from safetensors.torch import load_file
 
+    # tensors in memory (not views of a file mapping: transformers' save_pretrained rewrites the file in place, which
+    # must not pull the weights from under a model loaded from the same folder); cast one tensor at a time
     loaded = load_file(weights)
     if dtype is None:
         stored = {t.dtype for t in loaded.values() if t.is_floating_point()}
@@ -100,6 +102,9 @@ def load_clip_text_model(cls: type, path: str, *, dtype: Optional[torch.dtype] =
         if len(stored) != 1 or not isinstance(recorded, str) or getattr(torch, recorded, None) not in stored:
             return None
         dtype = stored.pop()
+    for key, tensor in loaded.items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            loaded[key] = tensor.to(dtype)
     config = cls.config_class.from_pretrained(path)
     config.name_or_path = path if name_or_path is None else name_or_path
     with torch.device("meta"):
@@ -113,10 +118,9 @@ def load_clip_text_model(cls: type, path: str, *, dtype: Optional[torch.dtype] =
     if state is None:
         logger.debug("checkpoint keys of %s do not match %s; using transformers' loader", weights, cls.__name__)
         return None
+    del loaded
     for key, tensor in state.items():
-        if tensor.dtype != dtype and tensor.is_floating_point():
-            state[key] = tensor.to(dtype)
-        if tuple(state[key].shape) != tuple(params[key].shape):
+        if tuple(tensor.shape) != tuple(params[key].shape):
             return None
     model.load_state_dict(state, strict=True, assign=True)
     for module in model.modules():

@@ -293,3 +293,19 @@ def test_folder_default_name_and_hub_cache(tmp_path, our_pipe):
         our_pipe.load_lora_weights("someone/tiny-lora", cache_dir=str(cache), local_files_only=True)
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['bogus'\]"):
         our_pipe.load_lora_weights(str(src), bogus=1)
+
+
+def test_cross_attention_kwargs_scale_reaches_text_encoder_lora(ref_pipe, our_pipe):
+    # a LoRA on the UNet and the text encoder: the per-call scale applies to both, as in diffusers
+    for pipe in (ref_pipe, our_pipe):
+        pipe.load_lora_weights(make_lora(our_pipe, "peft", seed=11, with_te=True), adapter_name="te_scale")
+    full = run(our_pipe)
+    half = run(our_pipe, cross_attention_kwargs={"scale": 0.5})
+    assert_close(half, run(ref_pipe, cross_attention_kwargs={"scale": 0.5}))
+    embeds_full, _ = our_pipe.encode_prompt("a tiny photo", None, 1, False)
+    embeds_half, _ = our_pipe.encode_prompt("a tiny photo", None, 1, False, lora_scale=0.5)
+    assert float((embeds_full - embeds_half).abs().max()) > 1e-4  # the text encoder's LoRA was scaled
+    assert_close(run(our_pipe), full, tol=0)  # and unscaled after the call
+    ref_pipe._lora_scale = 1.0
+    for pipe in (ref_pipe, our_pipe):
+        pipe.delete_adapters("te_scale")

@@ -8,6 +8,7 @@ them for LoRA.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Any, Dict, Optional, Tuple, Union
@@ -421,6 +422,19 @@ def scale_lora_layers(model: nn.Module, weight: float) -> None:
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.scale_layer(weight)
+
+
+@contextlib.contextmanager
+def lora_scale_applied(models, weight: Optional[float]):
+    """Scale the LoRA layers of ``models`` (None entries skipped) by ``weight`` for the duration of the block."""
+    targets = [m for m in models if m is not None] if weight is not None and weight != 1.0 else []
+    for model in targets:
+        scale_lora_layers(model, weight)
+    try:
+        yield
+    finally:
+        for model in targets:
+            unscale_lora_layers(model, weight)
 
 
 def unscale_lora_layers(model: nn.Module, weight: Optional[float] = None) -> None:

@@ -138,11 +138,22 @@ def encode_prompt(
     prompt_embeds: Optional[torch.Tensor] = None,
     negative_prompt_embeds: Optional[torch.Tensor] = None,
     clip_skip: Optional[int] = None,
+    lora_scale: Optional[float] = None,
 ):
     """Text embeddings for ``prompt`` (and the unconditional ones when guidance is on), repeated per image.
 
-    Returns ``(prompt_embeds, negative_prompt_embeds)``; the negative is None without guidance.
+    Returns ``(prompt_embeds, negative_prompt_embeds)``; the negative is None without guidance. ``lora_scale``
+    scales the text encoder's LoRA layers while encoding (``cross_attention_kwargs["scale"]``).
     """
+    from ...models.attention import lora_scale_applied
+
+    with lora_scale_applied([getattr(components, "text_encoder", None)], lora_scale):
+        return _encode_prompt(components, prompt, device, num_images_per_prompt, do_classifier_free_guidance,
+                              negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
+
+
+def _encode_prompt(components, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
+                   prompt_embeds, negative_prompt_embeds, clip_skip):
     text_encoder = components.text_encoder
     tokenizer = components.tokenizer
     original_prompt = prompt
@@ -262,6 +273,7 @@ class StableDiffusionTextEncoderStep(ModularPipelineBlocks):
             prompt_embeds=bs.prompt_embeds,
             negative_prompt_embeds=bs.negative_prompt_embeds,
             clip_skip=bs.clip_skip,
+            lora_scale=(bs.cross_attention_kwargs or {}).get("scale"),
         )
         self.set_block_state(state, bs)
         return components, state

@@ -57,6 +57,7 @@ def encode_prompt_xl(
     negative_pooled_prompt_embeds: Optional[torch.Tensor] = None,
     clip_skip: Optional[int] = None,
     force_zeros_for_empty_prompt: bool = True,
+    lora_scale: Optional[float] = None,
 ):
     """SDXL text embeddings: the penultimate hidden states of both CLIP encoders concatenated on the feature axis,
     and the projected pooled output of the second. Returns ``(prompt_embeds, negative_prompt_embeds,
@@ -64,6 +65,20 @@ def encode_prompt_xl(
 
     A pipeline without the first encoder (the refiner) encodes ``prompt`` with the second encoder only.
     """
+    from ...models.attention import lora_scale_applied
+
+    encoders = [getattr(components, "text_encoder", None), getattr(components, "text_encoder_2", None)]
+    with lora_scale_applied(encoders, lora_scale):
+        return _encode_prompt_xl(
+            components, prompt, prompt_2, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
+            negative_prompt_2, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+            negative_pooled_prompt_embeds, clip_skip, force_zeros_for_empty_prompt,
+        )
+
+
+def _encode_prompt_xl(components, prompt, prompt_2, device, num_images_per_prompt, do_classifier_free_guidance,
+                      negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+                      negative_pooled_prompt_embeds, clip_skip, force_zeros_for_empty_prompt):
     device = device if device is not None else execution_device(components)
     te1, te2 = getattr(components, "text_encoder", None), getattr(components, "text_encoder_2", None)
     tok1, tok2 = getattr(components, "tokenizer", None), getattr(components, "tokenizer_2", None)
@@ -252,6 +267,7 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
             negative_pooled_prompt_embeds=bs.negative_pooled_prompt_embeds,
             clip_skip=bs.clip_skip,
             force_zeros_for_empty_prompt=bool(_config_value(components, "force_zeros_for_empty_prompt", True)),
+            lora_scale=(bs.cross_attention_kwargs or {}).get("scale"),
         )
         self.set_block_state(state, bs)
         return components, state

@@ -6,9 +6,10 @@ from typing import Any
 
 from ..stable_diffusion.modular_pipeline import StableDiffusionModularPipeline
 from .encoders import MODEL_NAME
+from ...loaders.lora import StableDiffusionXLLoraLoaderMixin
 
 
-class StableDiffusionXLModularPipeline(StableDiffusionModularPipeline):
+class StableDiffusionXLModularPipeline(StableDiffusionXLLoraLoaderMixin, StableDiffusionModularPipeline):
     """Modular pipeline for Stable Diffusion XL (base and refiner)."""
 
     default_blocks_name = "StableDiffusionXLAutoBlocks"

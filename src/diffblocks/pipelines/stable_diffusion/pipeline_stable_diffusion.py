@@ -239,6 +239,7 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, DiffusionPipel
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_prompt_embeds,
                 clip_skip=clip_skip,
+                lora_scale=lora_scale,
             )
 
     # -------------------------------------------------------------------------------- checks

@@ -14,6 +14,7 @@ from ...image_processor import VaeImageProcessor
 from ..pipeline_utils import DiffusionPipeline
 from ..stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipelineBase
 from .pipeline_output import StableDiffusionXLPipelineOutput
+from ...loaders.lora import StableDiffusionXLLoraLoaderMixin
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def _check_watermarker(add_watermarker: Optional[bool]) -> None:
                        "returned without it.")
 
 
-class StableDiffusionXLPipelineBase(StableDiffusionPipelineBase):
+class StableDiffusionXLPipelineBase(StableDiffusionXLLoraLoaderMixin, StableDiffusionPipelineBase):
     """Shared constructor, checks and block runner of the SDXL classic pipelines."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
@@ -146,6 +147,7 @@ class StableDiffusionXLPipelineBase(StableDiffusionPipelineBase):
                 negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
                 negative_pooled_prompt_embeds, clip_skip=clip_skip,
                 force_zeros_for_empty_prompt=bool(self.config.get("force_zeros_for_empty_prompt", True)),
+                lora_scale=lora_scale,
             )
 
     # -------------------------------------------------------------------------------- checks

@@ -228,10 +228,14 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         sigma_next = values[i + 1]
         if sigma_hat * sigma_hat + 1.0 <= 16.0 * (sigma_next * sigma_next + 1.0):
             # the result keeps at least a quarter of the sample's scale, so folding
-            # (sample - x0) / sigma_hat * dt into one scaled add only moves last-bit rounding. All three kernels
-            # are `add` (a - b == add(a, b, alpha=-1) exactly): right after a UNet call every distinct kernel
-            # pays a cold-cache start, so one kernel type is measurably cheaper than add/sub/div/mul
-            prev = torch.add(sample, torch.add(sample, x0, alpha=-1.0), alpha=dt / sigma_hat)
+            # (sample - x0) / sigma_hat * dt into one scaled add only moves last-bit rounding (the loop parity
+            # tests hold it to 1e-6). Only `add` kernels (a - b == add(a, b, alpha=-1) exactly): right after a UNet
+            # call every distinct kernel pays a cold-cache start, so fewer kernel types are measurably cheaper
+            if kind == "epsilon" and model_output.dtype == torch.float32:
+                # (sample - x0) / sigma_hat is the prediction itself up to the rounding of sample's scale
+                prev = torch.add(sample, model_output, alpha=dt)
+            else:
+                prev = torch.add(sample, torch.add(sample, x0, alpha=-1.0), alpha=dt / sigma_hat)
         else:
             # a large drop in noise level (e.g. the first step of a zero-SNR schedule) cancels most of the
             # sample: keep the reference's operation order so the rounding matches

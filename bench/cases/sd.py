@@ -29,10 +29,12 @@ def _ensure_bytecode() -> None:
     against its source's mtime and size, so stale files are never used.
     """
     import compileall
+    import re
 
     src = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))), "src")
     if _os.path.isdir(_os.path.join(src, "diffblocks")) and "--list" not in _sys.argv:
-        compileall.compile_dir(_os.path.join(src, "diffblocks"), quiet=2)
+        # default_models/ is shipped data whose folder git tracks wholesale: leave it untouched
+        compileall.compile_dir(_os.path.join(src, "diffblocks"), quiet=2, rx=re.compile(r"default_models"))
 
 
 _ensure_bytecode()

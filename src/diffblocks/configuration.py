@@ -359,7 +359,9 @@ class ConfigMixin:
         own_keys = _init_keys(cls)
         expected = own_keys - set(cls.ignore_for_config)
 
-        if cls.has_compatibles:
+        # only look the compatible classes up (importing their modules) when the config has keys we do not take
+        unknown = {k for k in config_dict if not k.startswith("_") and k not in own_keys}
+        if cls.has_compatibles and unknown:
             foreign = set()
             for klass in cls._get_compatibles():
                 foreign |= _init_keys(klass)

@@ -317,10 +317,15 @@ def train_vae(AutoencoderKL, images: torch.Tensor, args, log) -> torch.nn.Module
 def train_unet(UNet2DConditionModel, latents_mean, latents_std, labels, tokenizer, args, log, checkpoint=None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    gen = torch.Generator().manual_seed(args.seed + 2)
+    gen = torch.Generator().manual_seed(args.seed + (3 if args.resume else 2))
     torch.manual_seed(args.seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer))))
-    unet = UNet2DConditionModel(**unet_config(text_encoder.config.hidden_size))
+    if args.resume:
+        text_encoder = CLIPTextModel.from_pretrained(os.path.join(args.resume, "text_encoder"))
+        unet = UNet2DConditionModel.from_pretrained(args.resume, subfolder="unet")
+        log(f"resumed the UNet and text encoder from {args.resume}")
+    else:
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(len(tokenizer))))
+        unet = UNet2DConditionModel(**unet_config(text_encoder.config.hidden_size))
     text_encoder.train()
     unet.train()
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
@@ -443,6 +448,7 @@ def main(argv=None) -> int:
     p.add_argument("--save-every", type=int, default=500, help="also save the EMA model every N UNet steps (0: only at the end)")
     p.add_argument("--uncond-prob", type=float, default=0.1, help="probability of the empty prompt (CFG dropout)")
     p.add_argument("--scheduler", default="DPMSolverMultistepScheduler", help="sampler saved as the default")
+    p.add_argument("--resume", default=None, help="continue from a folder this script saved (skips VAE training)")
     p.add_argument("--backend", default="diffblocks", choices=["diffblocks", "diffusers"])
     args = p.parse_args(argv)
 
@@ -467,14 +473,21 @@ def main(argv=None) -> int:
         tokenizer = CLIPTokenizer.from_pretrained(work)
         log(f"tokenizer: {len(tokenizer)} tokens; 'a handwritten digit seven' -> {tokenizer('a handwritten digit seven').input_ids}")
 
-        vae = train_vae(AutoencoderKL, images, args, log)
+        if args.resume:
+            vae = AutoencoderKL.from_pretrained(args.resume, subfolder="vae").eval()
+            log(f"resumed the VAE from {args.resume}")
+        else:
+            vae = train_vae(AutoencoderKL, images, args, log)
         with torch.no_grad():
             posts = [vae.encode(images[i : i + 256]).latent_dist for i in range(0, len(images), 256)]
             latents_mean = torch.cat([q.mean for q in posts])
             latents_std = torch.cat([q.std for q in posts])
             recon = torch.cat([vae.decode(latents_mean[i : i + 256]).sample for i in range(0, len(images), 256)])
-        args.scaling_factor = float(1.0 / latents_mean.std())
-        vae.register_to_config(scaling_factor=args.scaling_factor)
+        if args.resume:
+            args.scaling_factor = float(vae.config.scaling_factor)
+        else:
+            args.scaling_factor = float(1.0 / latents_mean.std())
+            vae.register_to_config(scaling_factor=args.scaling_factor)
         log(f"vae: recon mse {F.mse_loss(recon, images).item():.5f}; latent std {latents_mean.std().item():.4f}, mean posterior std {latents_std.mean().item():.4f}; scaling_factor {args.scaling_factor:.5f}")
 
         def checkpoint(u, te):

@@ -238,7 +238,10 @@ def text_config(vocab_size: int) -> dict:
 
 
 def scheduler_config(name: str) -> dict:
-    common = dict(SCHEDULER_BETAS, prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
+    # clip_sample / set_alpha_to_one / skip_prk_steps are carried for every class, as SD 1.5's config does, so that
+    # swapping to DDIM/DDPM/PNDM with from_config does not fall back to clip_sample=True (which ruins these latents)
+    common = dict(SCHEDULER_BETAS, prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+                  clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True)
     if name == "DDIMScheduler":
         extra = dict(clip_sample=False, set_alpha_to_one=False)
     elif name == "EulerDiscreteScheduler":

@@ -123,3 +123,14 @@ def test_diffusers_loads_the_shipped_folder_and_matches(classic_images, model_pa
         theirs = pipe(prompts[subset], num_inference_steps=STEPS, generator=generators(seeds[subset]),
                       output_type="np").images
     assert np.abs(theirs - images[subset]).max() <= 1e-4
+
+
+def test_switching_to_ddim_keeps_unclipped_latents():
+    # the shipped scheduler config carries clip_sample=false like SD 1.5's, so DDIM/DDPM/PNDM swaps draw digits
+    import diffblocks
+    from diffblocks.default_models import default_model_path
+
+    config = diffblocks.DPMSolverMultistepScheduler.load_config(default_model_path(), subfolder="scheduler")
+    for cls in (diffblocks.DDIMScheduler, diffblocks.DDPMScheduler, diffblocks.PNDMScheduler):
+        assert cls.from_config(config).config.clip_sample is False or cls is diffblocks.PNDMScheduler
+    assert diffblocks.DDIMScheduler.from_config(config).config.set_alpha_to_one is False

@@ -242,10 +242,9 @@ class ConfigMixin:
         folder = os.path.dirname(os.path.abspath(json_file_path))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
         try:
-            # mkstemp creates the file 0600; give it the permissions a plain open() would
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            from .utils.fs import normal_file_permissions
+
+            normal_file_permissions(tmp)  # mkstemp creates it 0600
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(self.to_json_string())
             os.replace(tmp, json_file_path)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from ..utils.fs import normal_tree_permissions
 from . import weights as W
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class ModelMixin(torch.nn.Module):
                     state_dict, tmp, variant=variant, safe_serialization=safe_serialization,
                     max_shard_size=max_shard_size,
                 )
-            _normal_permissions(tmp)
+            normal_tree_permissions(tmp)  # mkdtemp made it 0700
             _move_into_place(tmp, target, variant=variant, safe_serialization=safe_serialization)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -377,22 +378,6 @@ def _default_dtype(dtype: Optional[torch.dtype]):
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _normal_permissions(folder: str) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) entries; give the saved files the usual umask-based modes."""
-    mask = _current_umask()
-    os.chmod(folder, 0o777 & ~mask)
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            os.chmod(path, 0o666 & ~mask)
 
 
 def _move_into_place(tmp: str, target: str, *, variant: Optional[str], safe_serialization: bool) -> None:

@@ -1015,9 +1015,9 @@ class ModularPipeline:
             with open(os.path.join(tmp, self.config_name), "w", encoding="utf-8") as f:
                 json.dump(index, f, indent=2, sort_keys=True, default=str)
                 f.write("\n")
-            from ..pipelines.pipeline_utils import _normal_tree_permissions
+            from ..utils.fs import normal_tree_permissions
 
-            _normal_tree_permissions(tmp)
+            normal_tree_permissions(tmp)
             os.makedirs(save_directory, exist_ok=True)
             for entry in os.listdir(tmp):
                 target = os.path.join(save_directory, entry)

@@ -1185,20 +1185,12 @@ def _save_kwargs_for(obj: Any, *, safe_serialization: bool, variant: Optional[st
     return out
 
 
-def _normal_tree_permissions(root: str) -> None:
-    """Staging folders come from mkdtemp (0700); give the saved tree the modes a plain mkdir/open would."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    for folder, _, files in os.walk(root):
-        os.chmod(folder, 0o777 & ~mask)
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
-
-
 def _merge_into(staging: str, final: str, *, variant: Optional[str]) -> None:
     """Move the staged pipeline folder into ``final``: a rename when ``final`` does not exist, otherwise a
     file-by-file replace that also drops stale weight files of the same variant in the touched components."""
-    _normal_tree_permissions(staging)
+    from ..utils.fs import normal_tree_permissions
+
+    normal_tree_permissions(staging)
     if not os.path.exists(final):
         os.replace(staging, final)
         return

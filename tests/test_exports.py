@@ -20,7 +20,8 @@ def test_export_resolves(package, name):
     try:
         value = getattr(module, name)
     except (ImportError, AttributeError):
-        if name.startswith("StableDiffusionXL") or "ControlNet" in name and name.endswith("Pipeline"):
+        # the ControlNet pipelines (issue 9) are the only exported family not built yet
+        if "ControlNet" in name and name.endswith("Pipeline"):
             pytest.xfail(f"{name} belongs to a family not built yet")
         raise
     assert value is not None

@@ -10,6 +10,12 @@ from .before_denoise import (
     StableDiffusionSetTimestepsStep,
     retrieve_timesteps,
 )
+from .controlnet import (
+    StableDiffusionControlNetDenoiseStep,
+    StableDiffusionControlNetInputStep,
+    StableDiffusionControlNetLoopDenoiser,
+    StableDiffusionInpaintControlNetDenoiseStep,
+)
 from .decoders import StableDiffusionDecodeStep, StableDiffusionInpaintOverlayMaskStep
 from .denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -30,11 +36,16 @@ from .encoders import (
 from .modular_blocks import (
     ALL_BLOCKS,
     AUTO_BLOCKS,
+    CONTROLNET_BLOCKS,
+    CONTROLNET_IMAGE2IMAGE_BLOCKS,
+    CONTROLNET_INPAINT_BLOCKS,
     IMAGE2IMAGE_BLOCKS,
     INPAINT_BLOCKS,
     TEXT2IMAGE_BLOCKS,
     StableDiffusionAutoBeforeDenoiseStep,
     StableDiffusionAutoBlocks,
+    StableDiffusionAutoControlNetDenoiseStep,
+    StableDiffusionAutoControlNetInputStep,
     StableDiffusionAutoDecodeStep,
     StableDiffusionAutoDenoiseStep,
     StableDiffusionAutoVaeEncoderStep,

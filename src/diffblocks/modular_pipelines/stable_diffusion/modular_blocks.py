@@ -16,6 +16,11 @@ from .before_denoise import (
     StableDiffusionPrepareLatentsStep,
     StableDiffusionSetTimestepsStep,
 )
+from .controlnet import (
+    StableDiffusionControlNetDenoiseStep,
+    StableDiffusionControlNetInputStep,
+    StableDiffusionInpaintControlNetDenoiseStep,
+)
 from .decoders import StableDiffusionDecodeStep, StableDiffusionInpaintOverlayMaskStep
 from .denoise import StableDiffusionDenoiseStep, StableDiffusionInpaintDenoiseStep
 from .encoders import (
@@ -87,14 +92,36 @@ class StableDiffusionAutoBeforeDenoiseStep(AutoPipelineBlocks):
         return "Before denoise: inpainting (`mask`), image-to-image (`image_latents`) or text-to-image (default)."
 
 
-class StableDiffusionAutoDenoiseStep(AutoPipelineBlocks):
-    block_classes = [StableDiffusionInpaintDenoiseStep, StableDiffusionDenoiseStep]
-    block_names = ["inpaint_denoise", "denoise"]
-    block_trigger_inputs = ["mask", None]
+class StableDiffusionAutoControlNetInputStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionControlNetInputStep]
+    block_names = ["controlnet"]
+    block_trigger_inputs = ["control_image"]
 
     @property
     def description(self) -> str:
-        return "Denoise loop: the inpainting loop when `mask` is present, else the plain loop."
+        return "ControlNet inputs when `control_image` is given, skipped otherwise."
+
+
+class StableDiffusionAutoControlNetDenoiseStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionInpaintControlNetDenoiseStep, StableDiffusionControlNetDenoiseStep]
+    block_names = ["inpaint_controlnet_denoise", "controlnet_denoise"]
+    block_trigger_inputs = ["mask", "controlnet_cond"]
+
+    @property
+    def description(self) -> str:
+        return "ControlNet denoise loop: the inpainting variant when `mask` is present."
+
+
+class StableDiffusionAutoDenoiseStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionAutoControlNetDenoiseStep, StableDiffusionInpaintDenoiseStep,
+                     StableDiffusionDenoiseStep]
+    block_names = ["controlnet_denoise", "inpaint_denoise", "denoise"]
+    block_trigger_inputs = ["controlnet_cond", "mask", None]
+
+    @property
+    def description(self) -> str:
+        return ("Denoise loop: with ControlNet when `controlnet_cond` is present, the inpainting loop when `mask` is "
+                "present, else the plain loop.")
 
 
 class StableDiffusionAutoDecodeStep(AutoPipelineBlocks):
@@ -108,12 +135,13 @@ class StableDiffusionAutoDecodeStep(AutoPipelineBlocks):
 
 
 class StableDiffusionCoreDenoiseStep(SequentialPipelineBlocks):
-    block_classes = [StableDiffusionInputStep, StableDiffusionAutoBeforeDenoiseStep, StableDiffusionAutoDenoiseStep]
-    block_names = ["input", "before_denoise", "denoise"]
+    block_classes = [StableDiffusionInputStep, StableDiffusionAutoBeforeDenoiseStep,
+                     StableDiffusionAutoControlNetInputStep, StableDiffusionAutoDenoiseStep]
+    block_names = ["input", "before_denoise", "controlnet_input", "denoise"]
 
     @property
     def description(self) -> str:
-        return "Batch expansion, before-denoise preparation and the denoise loop."
+        return "Batch expansion, before-denoise preparation, ControlNet inputs (optional) and the denoise loop."
 
 
 class StableDiffusionAutoBlocks(SequentialPipelineBlocks):
@@ -128,11 +156,15 @@ class StableDiffusionAutoBlocks(SequentialPipelineBlocks):
         "text2image": {"prompt": True},
         "image2image": {"prompt": True, "image": True},
         "inpainting": {"prompt": True, "image": True, "mask_image": True},
+        "controlnet_text2image": {"prompt": True, "control_image": True},
+        "controlnet_image2image": {"prompt": True, "image": True, "control_image": True},
+        "controlnet_inpainting": {"prompt": True, "image": True, "mask_image": True, "control_image": True},
     }
 
     @property
     def description(self) -> str:
-        return "Auto modular pipeline for text-to-image, image-to-image and inpainting with Stable Diffusion 1.x/2.x."
+        return ("Auto modular pipeline for text-to-image, image-to-image, inpainting and ControlNet tasks with Stable "
+                "Diffusion 1.x/2.x.")
 
     @property
     def outputs(self):
@@ -174,6 +206,44 @@ INPAINT_BLOCKS = InsertableDict(
     ]
 )
 
+CONTROLNET_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("input", StableDiffusionInputStep),
+        ("set_timesteps", StableDiffusionSetTimestepsStep),
+        ("prepare_latents", StableDiffusionPrepareLatentsStep),
+        ("controlnet_input", StableDiffusionControlNetInputStep),
+        ("denoise", StableDiffusionControlNetDenoiseStep),
+        ("decode", StableDiffusionDecodeStep),
+    ]
+)
+
+CONTROLNET_IMAGE2IMAGE_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("vae_encoder", StableDiffusionVaeEncoderStep),
+        ("input", StableDiffusionInputStep),
+        ("set_timesteps", StableDiffusionImg2ImgSetTimestepsStep),
+        ("prepare_latents", StableDiffusionImg2ImgPrepareLatentsStep),
+        ("controlnet_input", StableDiffusionControlNetInputStep),
+        ("denoise", StableDiffusionControlNetDenoiseStep),
+        ("decode", StableDiffusionDecodeStep),
+    ]
+)
+
+CONTROLNET_INPAINT_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionTextEncoderStep),
+        ("vae_encoder", StableDiffusionInpaintVaeEncoderStep),
+        ("input", StableDiffusionInputStep),
+        ("set_timesteps", StableDiffusionInpaintSetTimestepsStep),
+        ("prepare_latents", StableDiffusionInpaintPrepareLatentsStep),
+        ("controlnet_input", StableDiffusionControlNetInputStep),
+        ("denoise", StableDiffusionInpaintControlNetDenoiseStep),
+        ("decode", StableDiffusionInpaintDecodeStep),
+    ]
+)
+
 AUTO_BLOCKS = InsertableDict(
     [
         ("text_encoder", StableDiffusionTextEncoderStep),
@@ -187,17 +257,25 @@ ALL_BLOCKS = {
     "text2img": TEXT2IMAGE_BLOCKS,
     "img2img": IMAGE2IMAGE_BLOCKS,
     "inpaint": INPAINT_BLOCKS,
+    "controlnet": CONTROLNET_BLOCKS,
+    "controlnet_img2img": CONTROLNET_IMAGE2IMAGE_BLOCKS,
+    "controlnet_inpaint": CONTROLNET_INPAINT_BLOCKS,
     "auto": AUTO_BLOCKS,
 }
 
 __all__ = [
     "ALL_BLOCKS",
     "AUTO_BLOCKS",
+    "CONTROLNET_BLOCKS",
+    "CONTROLNET_IMAGE2IMAGE_BLOCKS",
+    "CONTROLNET_INPAINT_BLOCKS",
     "IMAGE2IMAGE_BLOCKS",
     "INPAINT_BLOCKS",
     "TEXT2IMAGE_BLOCKS",
     "StableDiffusionAutoBlocks",
     "StableDiffusionAutoBeforeDenoiseStep",
+    "StableDiffusionAutoControlNetDenoiseStep",
+    "StableDiffusionAutoControlNetInputStep",
     "StableDiffusionAutoDecodeStep",
     "StableDiffusionAutoDenoiseStep",
     "StableDiffusionAutoVaeEncoderStep",

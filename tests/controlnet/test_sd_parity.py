@@ -1,0 +1,76 @@
+"""Classic SD 1.x ControlNet pipelines give diffusers' images (tiny checkpoints written by diffusers)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.controlnet._helpers import assert_close, mask, rgb, run_both
+
+CONTROL = rgb(1)
+CONTROL2 = rgb(2)
+IMAGE = rgb(3)
+
+
+def test_text2img_single(cn_loaded):
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetPipeline", prompt=["a cat", "a dog"],
+                            negative_prompt=["bad", "ugly"], image=CONTROL)
+    assert ours.shape == (2, 32, 32, 3)
+    assert_close(ours, theirs)
+    # the control image matters (the comparison can fail)
+    other, _ = run_both(cn_loaded, "sd", "StableDiffusionControlNetPipeline", prompt=["a cat", "a dog"],
+                        negative_prompt=["bad", "ugly"], image=CONTROL2)
+    assert float(np.abs(other - ours).max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(guess_mode=True, controlnet_conditioning_scale=0.7),
+        dict(control_guidance_start=0.5, control_guidance_end=1.0, num_images_per_prompt=2),
+        dict(guidance_scale=1.0, guess_mode=True),
+    ],
+    ids=["guess", "window+per-prompt", "no-cfg-guess"],
+)
+def test_text2img_options(cn_loaded, kwargs):
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetPipeline", prompt="a cat", image=CONTROL,
+                            **kwargs)
+    assert_close(ours, theirs)
+
+
+def test_text2img_multi_list_scales_and_window(cn_loaded):
+    ours, theirs = run_both(
+        cn_loaded, "sd", "StableDiffusionControlNetPipeline", multi=True, prompt="a cat", image=[CONTROL, CONTROL2],
+        controlnet_conditioning_scale=[0.5, 1.5], control_guidance_start=[0.0, 0.5], control_guidance_end=[0.5, 1.0],
+    )
+    assert_close(ours, theirs)
+
+
+def test_text2img_size_follows_control_image(cn_loaded):
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetPipeline", prompt="a cat",
+                            image=rgb(4, size=24))
+    assert ours.shape == (1, 24, 24, 3)
+    assert_close(ours, theirs)
+
+
+def test_img2img_single_and_multi(cn_loaded):
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetImg2ImgPipeline", prompt="a cat",
+                            image=IMAGE, control_image=CONTROL, strength=0.9)
+    assert_close(ours, theirs)
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetImg2ImgPipeline", multi=True,
+                            prompt="a cat", image=IMAGE, control_image=[CONTROL, CONTROL2], guess_mode=True,
+                            controlnet_conditioning_scale=0.6)
+    assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("unet9", [False, True], ids=["4ch", "9ch"])
+def test_inpaint(cn_loaded, unet9):
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetInpaintPipeline", unet9=unet9,
+                            prompt="a cat", image=IMAGE, mask_image=mask(), control_image=CONTROL, strength=0.9)
+    assert_close(ours, theirs)
+
+
+def test_inpaint_multi(cn_loaded):
+    ours, theirs = run_both(cn_loaded, "sd", "StableDiffusionControlNetInpaintPipeline", multi=True,
+                            prompt="a cat", image=IMAGE, mask_image=mask(), control_image=[CONTROL, CONTROL2],
+                            controlnet_conditioning_scale=[0.3, 0.9])
+    assert_close(ours, theirs)

@@ -100,7 +100,20 @@ def test_unhandled_folders_fall_back(tmp_path):
     assert load_clip_text_model(CLIPTextModel, path, dtype=torch.float32) is None
 
 
-def test_pipeline_loads_text_encoder_through_fast_path(tmp_path, monkeypatch):
+def _assert_same_weights(ref, mine):
+    """diffblocks' CLIP class (what folders load as since issue 11) holds transformers' weights and outputs."""
+    from diffblocks.models.clip_text import CLIPTextModel as OwnCLIPTextModel
+
+    assert type(mine) is OwnCLIPTextModel and mine.training is False and mine.dtype == ref.dtype
+    ref_sd = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in ref.state_dict().items()}
+    assert set(mine.state_dict()) == set(ref_sd)
+    for key, value in mine.state_dict().items():
+        assert torch.equal(value, ref_sd[key]), key
+    with torch.no_grad():
+        assert torch.equal(mine(IDS).last_hidden_state, ref(IDS).last_hidden_state)
+
+
+def test_pipeline_loads_text_encoder_without_transformers_loader(tmp_path, monkeypatch):
     from diffblocks import StableDiffusionPipeline
     from tests.fixtures.tiny import build_tiny_sd_folder
 
@@ -112,13 +125,12 @@ def test_pipeline_loads_text_encoder_through_fast_path(tmp_path, monkeypatch):
     monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(refuse))
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     monkeypatch.undo()
-    assert type(pipe.text_encoder) is CLIPTextModel
-    _assert_same(CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"), dtype=torch.float32),
-                 pipe.text_encoder)
+    _assert_same_weights(CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"), dtype=torch.float32),
+                         pipe.text_encoder)
 
 
 @pytest.mark.parametrize("dtype", [None, torch.float16])
-def test_auto_model_uses_fast_path_with_transformers_semantics(tmp_path, monkeypatch, dtype):
+def test_auto_model_loads_text_encoder_without_transformers_loader(tmp_path, monkeypatch, dtype):
     from diffblocks import AutoModel
 
     root = tmp_path / "repo"
@@ -133,7 +145,7 @@ def test_auto_model_uses_fast_path_with_transformers_semantics(tmp_path, monkeyp
     monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(refuse))
     mine = AutoModel.from_pretrained(str(root), subfolder="text_encoder", **kwargs)
     monkeypatch.setattr(CLIPTextModel, "from_pretrained", original)
-    _assert_same(ref, mine)
+    _assert_same_weights(ref, mine)
     assert mine.config._name_or_path == str(root)
 
 

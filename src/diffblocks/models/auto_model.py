@@ -6,7 +6,8 @@ Resolution order for ``AutoModel.from_pretrained(path, subfolder=...)``:
 2. otherwise ``<subfolder>/config.json``: ``_class_name`` (diffblocks/diffusers models), ``architectures[0]``
    or ``model_type`` (transformers models).
 
-diffusers-library classes are taken from diffblocks' own model table; transformers classes from transformers.
+diffusers-library classes are taken from diffblocks' own model table; transformers classes from transformers, except
+the CLIP text encoders, which are diffblocks' own (``models/clip.py: own_transformers_class``).
 Loaded models carry ``_diffblocks_load_id = "path|subfolder|variant|revision"`` ("null" for None), which the
 ComponentsManager uses to recognise the same component loaded twice.
 """
@@ -58,6 +59,12 @@ def _transformers_class(name: str):
         return None
 
 
+def _is_own(model_cls: Any) -> bool:
+    from .clip import is_own_clip_class
+
+    return is_own_clip_class(model_cls)
+
+
 def _read_json(path: str) -> Dict[str, Any]:
     try:
         with open(path, "r", encoding="utf-8") as f:
@@ -96,7 +103,9 @@ def _class_from_config(config: Dict[str, Any], where: str) -> Tuple[str, str]:
 
 def _lookup(library: str, name: str, where: str):
     if library == "transformers":
-        klass = _transformers_class(name)
+        from .clip import own_transformers_class
+
+        klass = own_transformers_class(name) or _transformers_class(name)
         if klass is None:
             raise ValueError(
                 f"The config at {where} names the transformers class '{name}', which transformers "
@@ -182,6 +191,10 @@ class AutoModel(ConfigMixin):
             subfolder = kwargs.pop("subfolder", None)
             hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
             library, name, model_cls = cls._resolve(path, subfolder, hub)
+            if library == "transformers" and _is_own(model_cls):
+                from .clip_text import CLIPTextConfig
+
+                return model_cls(CLIPTextConfig.from_pretrained(path, subfolder=subfolder, **hub), **kwargs)
             if library == "transformers":
                 import transformers
 
@@ -194,6 +207,8 @@ class AutoModel(ConfigMixin):
             raise TypeError(f"config must be a dict or a path, got {type(config).__name__}")
         library, name = _class_from_config(config, "<config dict>")
         model_cls = _lookup(library, name, "<config dict>")
+        if library == "transformers" and _is_own(model_cls):
+            return model_cls(dict(config), **kwargs)
         if library == "transformers":
             import transformers
 

@@ -1,4 +1,14 @@
-"""Fast loading of transformers' CLIP text encoders from a local diffusers-style folder.
+"""Loading of CLIP text encoders and tokenizers: diffblocks' own classes for folders that name transformers' CLIP.
+
+Folders (``model_index.json``, ``config.json`` ``architectures``) name ``["transformers", "CLIPTextModel"]``,
+``"CLIPTextModelWithProjection"``, ``"CLIPTokenizer"`` or ``"CLIPTokenizerFast"``; :func:`own_transformers_class`
+maps those names to diffblocks' classes (``models/clip_text.py``, ``models/clip_tokenizer.py``), which read and
+write the same files without importing transformers. Every other transformers name stays transformers'.
+
+:func:`load_clip_text_model` loads either kind of CLIP text encoder class from a local folder: diffblocks' classes
+through their own ``from_pretrained``, transformers' classes through the fast path below.
+
+Fast path for transformers' classes (used when a caller asks for transformers' class explicitly):
 
 ``transformers.PreTrainedModel.from_pretrained`` spends most of its time on generic machinery (building its
 checkpoint-conversion tables, loading reports) that a plain CLIP text encoder folder does not need. For the
@@ -26,10 +36,39 @@ _FAST_CLASSES = {
     ("transformers.models.clip.modeling_clip", "CLIPTextModelWithProjection"),
 }
 _OLD_PREFIX = "text_model."
+#: transformers class names served by diffblocks' classes: name -> (module, class)
+_OWN_CLASSES = {
+    "CLIPTextModel": ("diffblocks.models.clip_text", "CLIPTextModel"),
+    "CLIPTextModelWithProjection": ("diffblocks.models.clip_text", "CLIPTextModelWithProjection"),
+    "CLIPTokenizer": ("diffblocks.models.clip_tokenizer", "CLIPTokenizer"),
+    "CLIPTokenizerFast": ("diffblocks.models.clip_tokenizer", "CLIPTokenizer"),
+}
+
+
+def own_transformers_class(name: Optional[str]) -> Optional[type]:
+    """diffblocks' class standing in for the transformers class ``name`` (CLIP text encoders, CLIP tokenizers),
+    or None when transformers' own class is used."""
+    target = _OWN_CLASSES.get(name) if isinstance(name, str) else None
+    if target is None:
+        return None
+    import importlib
+
+    return getattr(importlib.import_module(target[0]), target[1])
+
+
+def is_own_clip_class(cls: Any) -> bool:
+    """True for diffblocks' CLIP text encoder and tokenizer classes (and subclasses)."""
+    return isinstance(cls, type) and any(
+        getattr(base, "__module__", "") in ("diffblocks.models.clip_text", "diffblocks.models.clip_tokenizer")
+        and getattr(base, "_library_name", None) == "transformers" for base in cls.__mro__
+    )
 
 
 def supports_fast_load(cls: type) -> bool:
-    """True when ``cls`` is one of the transformers CLIP text encoders :func:`load_clip_text_model` builds."""
+    """True when :func:`load_clip_text_model` can load ``cls``: diffblocks' CLIP text encoders, or the
+    transformers CLIP text encoders it builds itself."""
+    if is_own_clip_class(cls) and isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        return True
     return (getattr(cls, "__module__", None), getattr(cls, "__name__", None)) in _FAST_CLASSES
 
 
@@ -73,6 +112,11 @@ def load_clip_text_model(cls: type, path: str, *, dtype: Optional[torch.dtype] =
     also means ``None``. ``dtype=None`` keeps the checkpoint's dtype (only when ``config.json`` records that same
     dtype). ``name_or_path`` (default ``path``) is recorded as the config's ``_name_or_path``.
     """
+    if is_own_clip_class(cls) and not unsupported:
+        model = cls.from_pretrained(path, torch_dtype="auto" if dtype is None else dtype, variant=variant,
+                                    use_safetensors=use_safetensors)
+        model.config.name_or_path = model.name_or_path = path if name_or_path is None else name_or_path
+        return model
     if unsupported or use_safetensors is False or not supports_fast_load(cls):
         return None
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):

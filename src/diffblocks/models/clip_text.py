@@ -168,6 +168,14 @@ class CLIPTextConfig:
         except OSError:  # pragma: no cover
             pass
 
+    @property
+    def _name_or_path(self) -> str:
+        return self.name_or_path
+
+    @_name_or_path.setter
+    def _name_or_path(self, value: str) -> None:
+        self.name_or_path = value
+
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
@@ -618,9 +626,6 @@ class _CLIPTextBase(ModelMixin):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-
-    def __repr__(self) -> str:  # nn.Module's repr, named like transformers'
-        return super().__repr__()
 
 
 class CLIPTextModel(_CLIPTextBase):

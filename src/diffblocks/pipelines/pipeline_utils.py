@@ -11,7 +11,8 @@ Libraries in ``model_index.json``:
 * ``"diffusers"`` and pipeline sub-modules (``"stable_diffusion"``, ``"stable_diffusion_xl"``, ``"controlnet"``,
   ...) are looked up in diffblocks' own lazy export tables (models, schedulers, pipelines);
 * ``"transformers"`` classes come from ``transformers`` (``CLIPFeatureExtractor`` is read as
-  ``CLIPImageProcessor``);
+  ``CLIPImageProcessor``), except the CLIP text encoders and tokenizers, which are diffblocks' own
+  (``models/clip.py``; they are recorded back as ``"transformers"`` so diffusers reads the folders);
 * anything else (custom code) is refused with a clear error.
 
 ``from_pipe`` differs from diffusers on purpose: it never changes the dtype of a component it shares with the
@@ -105,6 +106,11 @@ def resolve_class(library: Optional[str], class_name: Optional[str], *, componen
     if not isinstance(class_name, str) or not isinstance(library, str):
         raise ValueError(f"Invalid model_index entry{where}: expected [library, class name], got {[library, class_name]}")
     if library == "transformers":
+        from ..models.clip import own_transformers_class
+
+        own = own_transformers_class(class_name)
+        if own is not None:  # CLIP text encoders and tokenizers: diffblocks' classes (same files)
+            return own
         import transformers
 
         name = _TRANSFORMERS_RENAMES.get(class_name, class_name)
@@ -141,7 +147,8 @@ def _loadable_bases() -> List[type]:
             bases.append(getattr(importlib.import_module(module_name), name))
         except (ImportError, AttributeError):  # pragma: no cover - until the module lands
             pass
-    if "transformers" in sys.modules or _transformers_importable():
+    # only when transformers is loaded: a class deriving from its bases implies it is (importing it costs seconds)
+    if "transformers" in sys.modules:
         import transformers
 
         for name in (
@@ -166,6 +173,10 @@ def _transformers_importable() -> bool:
 
 
 def _loadable_base_of(cls: type) -> Optional[type]:
+    from ..models.clip import is_own_clip_class
+
+    if is_own_clip_class(cls):
+        return cls  # diffblocks' CLIP text encoders / tokenizers save and load themselves
     for base in _loadable_bases():
         if isinstance(cls, type) and issubclass(cls, base):
             return base
@@ -185,6 +196,9 @@ def class_library_tuple(obj: Any) -> Tuple[Optional[str], Optional[str]]:
     module = cls.__module__ or ""
     parts = module.split(".")
     name = cls.__name__
+    library = cls.__dict__.get("_library_name") or getattr(cls, "_library_name", None)
+    if parts[0] == "diffblocks" and library:
+        return (library, name)  # e.g. our CLIP classes are recorded as transformers', like diffusers folders
     if parts[0] == "diffblocks":
         if len(parts) >= 3 and parts[1] == "pipelines" and parts[2] not in ("pipeline_utils", "auto_pipeline"):
             return (parts[2], name)
@@ -1158,10 +1172,14 @@ def _check_passed_component(name: str, obj: Any, entry: Sequence[Any], pipeline_
         expected_cls = resolve_class(library, class_name)
     except (ValueError, ImportError):
         return  # a class we cannot resolve: nothing to compare with
+    actual = type(unwrap_module(obj))
+    from ..models.clip import is_own_clip_class
+
+    if is_own_clip_class(expected_cls) and (actual.__module__ or "").startswith("transformers"):
+        return  # transformers' own CLIP classes are accepted in place of diffblocks' (same role, same files)
     base = _loadable_base_of(expected_cls)
     if base is None:
         return
-    actual = type(unwrap_module(obj))
     if not issubclass(actual, base):
         raise ValueError(f"{obj} is of type: {actual}, but should be {base}")
 

@@ -218,7 +218,8 @@ class StableDiffusionTextEncoderStep(ModularPipelineBlocks):
 
     @property
     def expected_components(self) -> List[ComponentSpec]:
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from ...models.clip_text import CLIPTextModel
+        from ...models.clip_tokenizer import CLIPTokenizer
 
         return [ComponentSpec("text_encoder", CLIPTextModel), ComponentSpec("tokenizer", CLIPTokenizer), guider_spec()]
 

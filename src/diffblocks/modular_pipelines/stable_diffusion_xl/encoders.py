@@ -205,7 +205,8 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
 
     @property
     def expected_components(self) -> List[ComponentSpec]:
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from ...models.clip_text import CLIPTextModel, CLIPTextModelWithProjection
+        from ...models.clip_tokenizer import CLIPTokenizer
 
         return [
             ComponentSpec("text_encoder", CLIPTextModel),

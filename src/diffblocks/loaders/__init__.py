@@ -1,4 +1,5 @@
-"""Weight loaders for pipelines (LoRA)."""
+"""Weight loaders for pipelines (LoRA, IP-Adapter)."""
+from .ip_adapter import IPAdapterMixin, ModularIPAdapterMixin
 from .lora import (
     LoraLoaderMixin,
     StableDiffusionLoraLoaderMixin,
@@ -7,7 +8,9 @@ from .lora import (
 )
 
 __all__ = [
+    "IPAdapterMixin",
     "LoraLoaderMixin",
+    "ModularIPAdapterMixin",
     "StableDiffusionLoraLoaderMixin",
     "StableDiffusionXLLoraLoaderMixin",
     "convert_lora_state_dict",

@@ -57,6 +57,38 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype=to
     return emb
 
 
+def _repeat_rows(name: str, embeds: Any, rows: int) -> List[torch.Tensor]:
+    if not isinstance(embeds, (list, tuple)) or not all(isinstance(e, torch.Tensor) for e in embeds):
+        raise ValueError(f"`{name}` must be a list of tensors (one per IP-Adapter), got {type(embeds).__name__}")
+    out = []
+    for e in embeds:
+        if e.shape[0] == rows:
+            out.append(e)
+        elif e.shape[0] and rows % e.shape[0] == 0:
+            out.append(e.repeat((rows // e.shape[0],) + (1,) * (e.ndim - 1)))
+        else:
+            raise ValueError(
+                f"`{name}` entries must have 1 row per image set or one per image ({rows}), got shape {tuple(e.shape)}"
+            )
+    return out
+
+
+def ip_adapter_fields(block_state: Any, rows: int) -> Any:
+    """``(ip_adapter_embeds, negative_ip_adapter_embeds)`` repeated to ``rows`` (the latents' batch) once per run,
+    or None without IP-Adapter inputs."""
+    values = block_state.__dict__
+    pair = values.get("_ip_embeds")
+    if pair is None:
+        pos = values.get("ip_adapter_embeds")
+        if pos is None:
+            return None
+        neg = values.get("negative_ip_adapter_embeds")
+        pair = (_repeat_rows("ip_adapter_embeds", pos, rows),
+                _repeat_rows("negative_ip_adapter_embeds", neg, rows) if neg is not None else None)
+        values["_ip_embeds"] = pair
+    return pair
+
+
 # ------------------------------------------------------------------------------------------------ loop sub-blocks
 class StableDiffusionLoopBeforeDenoiser(ModularPipelineBlocks):
     model_name = MODEL_NAME
@@ -137,12 +169,14 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
         guider = components.guider
         guider.set_state(i, block_state.num_inference_steps, t)
         x = block_state.scaled_latents
-        batches = guider.prepare_inputs(
-            {
-                "sample": (x, x),
-                "encoder_hidden_states": (block_state.prompt_embeds, getattr(block_state, "negative_prompt_embeds", None)),
-            }
-        )
+        fields = {
+            "sample": (x, x),
+            "encoder_hidden_states": (block_state.prompt_embeds, getattr(block_state, "negative_prompt_embeds", None)),
+        }
+        ip = ip_adapter_fields(block_state, x.shape[0])
+        if ip is not None:
+            fields["image_embeds"] = ip
+        batches = guider.prepare_inputs(fields)
         unet = components.unet
         for batch in batches:
             guider.prepare_models(unet)
@@ -152,6 +186,7 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
                 encoder_hidden_states=batch.encoder_hidden_states,
                 timestep_cond=block_state.timestep_cond,
                 cross_attention_kwargs=block_state.cross_attention_kwargs,
+                added_cond_kwargs=None if ip is None else {"image_embeds": batch.image_embeds},
                 return_dict=False,
             )[0]
             guider.cleanup_models(unet)
@@ -293,6 +328,7 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
             guider.reset_cache()
             self.__dict__.pop("_fast_steps", None)
         bs.__dict__.pop("_step_kwargs", None)
+        bs.__dict__.pop("_ip_embeds", None)
         self.set_block_state(state, bs)
         return components, state
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...loaders.ip_adapter import ModularIPAdapterMixin
 from ...loaders.lora import StableDiffusionLoraLoaderMixin
 from .. import ModularPipeline
 from .encoders import MODEL_NAME
 
 
-class StableDiffusionModularPipeline(StableDiffusionLoraLoaderMixin, ModularPipeline):
+class StableDiffusionModularPipeline(StableDiffusionLoraLoaderMixin, ModularIPAdapterMixin, ModularPipeline):
     """Modular pipeline for Stable Diffusion 1.x/2.x; the derived sizes work before components are loaded."""
 
     default_blocks_name = "StableDiffusionAutoBlocks"

@@ -15,6 +15,7 @@ from ..stable_diffusion.denoise import (
     StableDiffusionInpaintLoopBeforeDenoiser,
     StableDiffusionLoopAfterDenoiser,
     StableDiffusionLoopBeforeDenoiser,
+    ip_adapter_fields,
 )
 from ..stable_diffusion.encoders import DENOISER_FIELDS, guider_spec, unet_spec
 from .before_denoise import scheduler_spec
@@ -66,24 +67,29 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
         guider.set_state(i, block_state.num_inference_steps, t)
         x = block_state.scaled_latents
         get = block_state.__dict__.get
-        batches = guider.prepare_inputs(
-            {
-                "sample": (x, x),
-                "encoder_hidden_states": (block_state.prompt_embeds, get("negative_prompt_embeds")),
-                "text_embeds": (block_state.pooled_prompt_embeds, get("negative_pooled_prompt_embeds")),
-                "time_ids": (block_state.add_time_ids, get("negative_add_time_ids")),
-            }
-        )
+        fields = {
+            "sample": (x, x),
+            "encoder_hidden_states": (block_state.prompt_embeds, get("negative_prompt_embeds")),
+            "text_embeds": (block_state.pooled_prompt_embeds, get("negative_pooled_prompt_embeds")),
+            "time_ids": (block_state.add_time_ids, get("negative_add_time_ids")),
+        }
+        ip = ip_adapter_fields(block_state, x.shape[0])
+        if ip is not None:
+            fields["image_embeds"] = ip
+        batches = guider.prepare_inputs(fields)
         unet = components.unet
         for batch in batches:
             guider.prepare_models(unet)
+            added = {"text_embeds": batch.text_embeds, "time_ids": batch.time_ids}
+            if ip is not None:
+                added["image_embeds"] = batch.image_embeds
             batch.noise_pred = unet(
                 batch.sample,
                 t,
                 encoder_hidden_states=batch.encoder_hidden_states,
                 timestep_cond=block_state.timestep_cond,
                 cross_attention_kwargs=block_state.cross_attention_kwargs,
-                added_cond_kwargs={"text_embeds": batch.text_embeds, "time_ids": batch.time_ids},
+                added_cond_kwargs=added,
                 return_dict=False,
             )[0]
             guider.cleanup_models(unet)

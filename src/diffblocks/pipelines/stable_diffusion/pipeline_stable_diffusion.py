@@ -13,6 +13,7 @@ import torch
 
 from ...configuration import FrozenDict
 from ...image_processor import VaeImageProcessor
+from ...loaders.ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from ...loaders.lora import StableDiffusionLoraLoaderMixin
 from ..pipeline_utils import SAFETY_CHECKER_WARNING, DiffusionPipeline
 from .pipeline_output import StableDiffusionPipelineOutput
@@ -30,7 +31,7 @@ def _version_tuple(version: Any) -> tuple:
     return tuple(parts)
 
 
-class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, DiffusionPipeline):
+class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin, DiffusionPipeline):
     """Shared constructor, properties, checks and block runner of the SD 1.x/2.x classic pipelines."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -301,13 +302,7 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, DiffusionPipel
                     f" got: `prompt_embeds` {prompt_embeds.shape} != `negative_prompt_embeds`"
                     f" {negative_prompt_embeds.shape}."
                 )
-        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
-            raise ValueError(
-                "Provide either `ip_adapter_image` or `ip_adapter_image_embeds`. Cannot leave both `ip_adapter_image`"
-                " and `ip_adapter_image_embeds` defined."
-            )
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            raise NotImplementedError("IP-Adapter inputs are not supported by the diffblocks SD pipelines yet.")
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         if output_type not in _OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(_OUTPUT_TYPES)}, got {output_type!r}.")
         if num_inference_steps is not None and (
@@ -317,14 +312,21 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, DiffusionPipel
 
     # -------------------------------------------------------------------------------- running the blocks
     @classmethod
-    def _preset_blocks(cls):
-        blocks = StableDiffusionPipelineBase._blocks_cache.get(cls._preset_name)
+    def _preset_blocks(cls, ip_adapter: bool = False):
+        key = (cls._preset_name, ip_adapter)
+        blocks = StableDiffusionPipelineBase._blocks_cache.get(key)
         if blocks is None:
             from ...modular_pipelines import SequentialPipelineBlocks
             from ...modular_pipelines.stable_diffusion.modular_blocks import ALL_BLOCKS
 
-            blocks = SequentialPipelineBlocks.from_blocks_dict(ALL_BLOCKS[cls._preset_name])
-            StableDiffusionPipelineBase._blocks_cache[cls._preset_name] = blocks
+            preset = ALL_BLOCKS[cls._preset_name]
+            if ip_adapter:
+                from ...modular_pipelines.stable_diffusion.ip_adapter import StableDiffusionIPAdapterEmbedsStep
+
+                preset = preset.copy()
+                preset.insert("ip_adapter", StableDiffusionIPAdapterEmbedsStep, 1)
+            blocks = SequentialPipelineBlocks.from_blocks_dict(preset)
+            StableDiffusionPipelineBase._blocks_cache[key] = blocks
         return blocks
 
     def _prepare_call(self, guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs) -> None:
@@ -361,13 +363,19 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, DiffusionPipel
         return adapter, callback_steps
 
     def _run(self, callback_on_step_end, tensor_inputs, **inputs):
+        # the IP-Adapter step runs (right after the text encoder) only when an image prompt is given
+        ip_image = inputs.pop("ip_adapter_image", None)
+        ip_embeds = inputs.pop("ip_adapter_image_embeds", None)
+        use_ip = ip_image is not None or ip_embeds is not None
+        if use_ip:
+            inputs["ip_adapter_image"], inputs["ip_adapter_image_embeds"] = ip_image, ip_embeds
         if callback_on_step_end is not None:
             names = list(tensor_inputs or [])
             if "latents" not in names and getattr(callback_on_step_end, "__name__", "") == "adapter":
                 names.append("latents")
             inputs["callback_on_step_end"] = callback_on_step_end
             inputs["callback_on_step_end_tensor_inputs"] = names
-        state = self.run_blocks(self._preset_blocks(), **inputs)
+        state = self.run_blocks(self._preset_blocks(use_ip), **inputs)
         timesteps = state.get("timesteps")
         object.__setattr__(self, "_num_timesteps", len(timesteps) if timesteps is not None else 0)
         return state
@@ -434,6 +442,8 @@ class StableDiffusionPipeline(StableDiffusionPipelineBase):
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
             cross_attention_kwargs=cross_attention_kwargs,
             clip_skip=clip_skip,
             num_images_per_prompt=num_images_per_prompt,

@@ -62,6 +62,8 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipelineBase):
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
             cross_attention_kwargs=cross_attention_kwargs,
             clip_skip=clip_skip,
             num_images_per_prompt=num_images_per_prompt,

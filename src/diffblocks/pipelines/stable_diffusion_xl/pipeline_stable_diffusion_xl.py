@@ -14,6 +14,7 @@ from ...image_processor import VaeImageProcessor
 from ..pipeline_utils import DiffusionPipeline
 from ..stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipelineBase
 from .pipeline_output import StableDiffusionXLPipelineOutput
+from ...loaders.ip_adapter import check_ip_adapter_inputs
 from ...loaders.lora import StableDiffusionXLLoraLoaderMixin
 
 logger = logging.getLogger(__name__)
@@ -199,22 +200,28 @@ class StableDiffusionXLPipelineBase(StableDiffusionXLLoraLoaderMixin, StableDiff
                 )
         check_prompt_inputs(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                             negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            raise NotImplementedError("IP-Adapter inputs are not supported by the diffblocks SDXL pipelines yet.")
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         if output_type not in _OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(_OUTPUT_TYPES)}, got {output_type!r}.")
         check_denoising_range(denoising_start, denoising_end)
 
     # -------------------------------------------------------------------------------- running the blocks
     @classmethod
-    def _preset_blocks(cls):
-        blocks = StableDiffusionXLPipelineBase._xl_blocks_cache.get(cls._preset_name)
+    def _preset_blocks(cls, ip_adapter: bool = False):
+        key = (cls._preset_name, ip_adapter)
+        blocks = StableDiffusionXLPipelineBase._xl_blocks_cache.get(key)
         if blocks is None:
             from ...modular_pipelines import SequentialPipelineBlocks
             from ...modular_pipelines.stable_diffusion_xl.modular_blocks import ALL_BLOCKS
 
-            blocks = SequentialPipelineBlocks.from_blocks_dict(ALL_BLOCKS[cls._preset_name])
-            StableDiffusionXLPipelineBase._xl_blocks_cache[cls._preset_name] = blocks
+            preset = ALL_BLOCKS[cls._preset_name]
+            if ip_adapter:
+                from ...modular_pipelines.stable_diffusion_xl.ip_adapter import StableDiffusionXLIPAdapterEmbedsStep
+
+                preset = preset.copy()
+                preset.insert("ip_adapter", StableDiffusionXLIPAdapterEmbedsStep, 1)
+            blocks = SequentialPipelineBlocks.from_blocks_dict(preset)
+            StableDiffusionXLPipelineBase._xl_blocks_cache[key] = blocks
         return blocks
 
     def _run_xl(self, callback_on_step_end, tensor_inputs, **inputs):
@@ -314,6 +321,7 @@ class StableDiffusionXLPipeline(StableDiffusionXLPipelineBase):
             prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
             num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
             timesteps=timesteps, sigmas=sigmas, denoising_end=denoising_end, height=height, width=width,

@@ -101,6 +101,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipelineBase):
             prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip, image=image, strength=strength,
             num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
             timesteps=timesteps, sigmas=sigmas, denoising_start=denoising_start, denoising_end=denoising_end,

@@ -103,6 +103,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
             prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip, image=image, mask_image=mask_image,
             masked_image_latents=masked_image_latents, height=height, width=width,
             padding_mask_crop=padding_mask_crop, strength=strength,

@@ -17,13 +17,7 @@ def _names(package):
 @pytest.mark.parametrize("package,name", [pair for pkg in PACKAGES for pair in _names(pkg)])
 def test_export_resolves(package, name):
     module = importlib.import_module(package)
-    try:
-        value = getattr(module, name)
-    except (ImportError, AttributeError):
-        # the ControlNet pipelines (issue 9) are the only exported family not built yet
-        if "ControlNet" in name and name.endswith("Pipeline"):
-            pytest.xfail(f"{name} belongs to a family not built yet")
-        raise
+    value = getattr(module, name)
     assert value is not None
 
 

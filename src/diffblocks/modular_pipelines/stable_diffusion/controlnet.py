@@ -179,17 +179,13 @@ def check_controlnet_inputs(
     elif not _is_number(scale):
         raise TypeError("For single controlnet: `controlnet_conditioning_scale` must be type `float`.")
 
-    starts = list(control_guidance_start) if isinstance(control_guidance_start, (list, tuple)) else [
-        control_guidance_start]
-    ends = list(control_guidance_end) if isinstance(control_guidance_end, (list, tuple)) else [control_guidance_end]
+    starts, ends = align_control_guidance(control_guidance_start, control_guidance_end, len(nets))
     if len(starts) != len(ends):
         raise ValueError(
             f"`control_guidance_start` has {len(starts)} elements, but `control_guidance_end` has {len(ends)} "
             "elements. Make sure to provide the same number of elements to each list."
         )
-    if is_multi(controlnet) and len(starts) != len(nets) and (
-        isinstance(control_guidance_start, (list, tuple)) or isinstance(control_guidance_end, (list, tuple))
-    ):
+    if is_multi(controlnet) and len(starts) != len(nets):
         raise ValueError(
             f"`control_guidance_start`: {starts} has {len(starts)} elements but there are {len(nets)} controlnets "
             f"available. Make sure to provide {len(nets)}."

@@ -11,6 +11,12 @@ from .before_denoise import (
     StableDiffusionXLPrepareLatentsStep,
     StableDiffusionXLSetTimestepsStep,
 )
+from .controlnet import (
+    StableDiffusionXLControlNetDenoiseStep,
+    StableDiffusionXLControlNetInputStep,
+    StableDiffusionXLControlNetLoopDenoiser,
+    StableDiffusionXLInpaintControlNetDenoiseStep,
+)
 from .decoders import StableDiffusionXLDecodeStep, StableDiffusionXLInpaintDecodeStep, StableDiffusionXLInpaintOverlayMaskStep
 from .denoise import (
     StableDiffusionXLDenoiseLoopWrapper,
@@ -31,11 +37,16 @@ from .encoders import (
 from .modular_blocks import (
     ALL_BLOCKS,
     AUTO_BLOCKS,
+    CONTROLNET_BLOCKS,
+    CONTROLNET_IMAGE2IMAGE_BLOCKS,
+    CONTROLNET_INPAINT_BLOCKS,
     IMAGE2IMAGE_BLOCKS,
     INPAINT_BLOCKS,
     TEXT2IMAGE_BLOCKS,
     StableDiffusionXLAutoBeforeDenoiseStep,
     StableDiffusionXLAutoBlocks,
+    StableDiffusionXLAutoControlNetDenoiseStep,
+    StableDiffusionXLAutoControlNetInputStep,
     StableDiffusionXLAutoDecodeStep,
     StableDiffusionXLAutoDenoiseStep,
     StableDiffusionXLAutoVaeEncoderStep,

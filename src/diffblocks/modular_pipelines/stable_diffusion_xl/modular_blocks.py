@@ -19,6 +19,11 @@ from .before_denoise import (
     StableDiffusionXLPrepareLatentsStep,
     StableDiffusionXLSetTimestepsStep,
 )
+from .controlnet import (
+    StableDiffusionXLControlNetDenoiseStep,
+    StableDiffusionXLControlNetInputStep,
+    StableDiffusionXLInpaintControlNetDenoiseStep,
+)
 from .decoders import StableDiffusionXLDecodeStep, StableDiffusionXLInpaintDecodeStep
 from .denoise import StableDiffusionXLDenoiseStep, StableDiffusionXLInpaintDenoiseStep
 from .encoders import (
@@ -80,14 +85,36 @@ class StableDiffusionXLAutoBeforeDenoiseStep(AutoPipelineBlocks):
         return "Before denoise: inpainting (`mask`), image-to-image (`image_latents`) or text-to-image (default)."
 
 
-class StableDiffusionXLAutoDenoiseStep(AutoPipelineBlocks):
-    block_classes = [StableDiffusionXLInpaintDenoiseStep, StableDiffusionXLDenoiseStep]
-    block_names = ["inpaint_denoise", "denoise"]
-    block_trigger_inputs = ["mask", None]
+class StableDiffusionXLAutoControlNetInputStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionXLControlNetInputStep]
+    block_names = ["controlnet"]
+    block_trigger_inputs = ["control_image"]
 
     @property
     def description(self) -> str:
-        return "Denoise loop: the inpainting loop when `mask` is present, else the plain loop."
+        return "ControlNet inputs when `control_image` is given, skipped otherwise."
+
+
+class StableDiffusionXLAutoControlNetDenoiseStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionXLInpaintControlNetDenoiseStep, StableDiffusionXLControlNetDenoiseStep]
+    block_names = ["inpaint_controlnet_denoise", "controlnet_denoise"]
+    block_trigger_inputs = ["mask", "controlnet_cond"]
+
+    @property
+    def description(self) -> str:
+        return "ControlNet denoise loop: the inpainting variant when `mask` is present."
+
+
+class StableDiffusionXLAutoDenoiseStep(AutoPipelineBlocks):
+    block_classes = [StableDiffusionXLAutoControlNetDenoiseStep, StableDiffusionXLInpaintDenoiseStep,
+                     StableDiffusionXLDenoiseStep]
+    block_names = ["controlnet_denoise", "inpaint_denoise", "denoise"]
+    block_trigger_inputs = ["controlnet_cond", "mask", None]
+
+    @property
+    def description(self) -> str:
+        return ("Denoise loop: with ControlNet when `controlnet_cond` is present, the inpainting loop when `mask` is "
+                "present, else the plain loop.")
 
 
 class StableDiffusionXLAutoDecodeStep(AutoPipelineBlocks):
@@ -102,12 +129,12 @@ class StableDiffusionXLAutoDecodeStep(AutoPipelineBlocks):
 
 class StableDiffusionXLCoreDenoiseStep(SequentialPipelineBlocks):
     block_classes = [StableDiffusionXLInputStep, StableDiffusionXLAutoBeforeDenoiseStep,
-                     StableDiffusionXLAutoDenoiseStep]
-    block_names = ["input", "before_denoise", "denoise"]
+                     StableDiffusionXLAutoControlNetInputStep, StableDiffusionXLAutoDenoiseStep]
+    block_names = ["input", "before_denoise", "controlnet_input", "denoise"]
 
     @property
     def description(self) -> str:
-        return "Batch expansion, before-denoise preparation and the denoise loop."
+        return "Batch expansion, before-denoise preparation, ControlNet inputs (optional) and the denoise loop."
 
 
 class StableDiffusionXLAutoBlocks(SequentialPipelineBlocks):
@@ -122,11 +149,15 @@ class StableDiffusionXLAutoBlocks(SequentialPipelineBlocks):
         "text2image": {"prompt": True},
         "image2image": {"prompt": True, "image": True},
         "inpainting": {"prompt": True, "mask_image": True, "image": True},
+        "controlnet_text2image": {"prompt": True, "control_image": True},
+        "controlnet_image2image": {"prompt": True, "control_image": True, "image": True},
+        "controlnet_inpainting": {"prompt": True, "control_image": True, "mask_image": True, "image": True},
     }
 
     @property
     def description(self) -> str:
-        return ("Auto Modular pipeline for text-to-image, image-to-image and inpainting using Stable Diffusion XL.")
+        return ("Auto Modular pipeline for text-to-image, image-to-image, inpainting, and controlnet tasks using "
+                "Stable Diffusion XL.")
 
     @property
     def outputs(self):
@@ -171,6 +202,47 @@ INPAINT_BLOCKS = InsertableDict(
     ]
 )
 
+CONTROLNET_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionXLTextEncoderStep),
+        ("input", StableDiffusionXLInputStep),
+        ("set_timesteps", StableDiffusionXLSetTimestepsStep),
+        ("prepare_latents", StableDiffusionXLPrepareLatentsStep),
+        ("prepare_add_cond", StableDiffusionXLPrepareAdditionalConditioningStep),
+        ("controlnet_input", StableDiffusionXLControlNetInputStep),
+        ("denoise", StableDiffusionXLControlNetDenoiseStep),
+        ("decode", StableDiffusionXLDecodeStep),
+    ]
+)
+
+CONTROLNET_IMAGE2IMAGE_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionXLTextEncoderStep),
+        ("vae_encoder", StableDiffusionXLVaeEncoderStep),
+        ("input", StableDiffusionXLInputStep),
+        ("set_timesteps", StableDiffusionXLImg2ImgSetTimestepsStep),
+        ("prepare_latents", StableDiffusionXLImg2ImgPrepareLatentsStep),
+        ("prepare_add_cond", StableDiffusionXLImg2ImgPrepareAdditionalConditioningStep),
+        ("controlnet_input", StableDiffusionXLControlNetInputStep),
+        ("denoise", StableDiffusionXLControlNetDenoiseStep),
+        ("decode", StableDiffusionXLDecodeStep),
+    ]
+)
+
+CONTROLNET_INPAINT_BLOCKS = InsertableDict(
+    [
+        ("text_encoder", StableDiffusionXLTextEncoderStep),
+        ("vae_encoder", StableDiffusionXLInpaintVaeEncoderStep),
+        ("input", StableDiffusionXLInputStep),
+        ("set_timesteps", StableDiffusionXLInpaintSetTimestepsStep),
+        ("prepare_latents", StableDiffusionXLInpaintPrepareLatentsStep),
+        ("prepare_add_cond", StableDiffusionXLImg2ImgPrepareAdditionalConditioningStep),
+        ("controlnet_input", StableDiffusionXLControlNetInputStep),
+        ("denoise", StableDiffusionXLInpaintControlNetDenoiseStep),
+        ("decode", StableDiffusionXLInpaintDecodeStep),
+    ]
+)
+
 AUTO_BLOCKS = InsertableDict(
     [
         ("text_encoder", StableDiffusionXLTextEncoderStep),
@@ -184,5 +256,8 @@ ALL_BLOCKS = {
     "text2img": TEXT2IMAGE_BLOCKS,
     "img2img": IMAGE2IMAGE_BLOCKS,
     "inpaint": INPAINT_BLOCKS,
+    "controlnet": CONTROLNET_BLOCKS,
+    "controlnet_img2img": CONTROLNET_IMAGE2IMAGE_BLOCKS,
+    "controlnet_inpaint": CONTROLNET_INPAINT_BLOCKS,
     "auto": AUTO_BLOCKS,
 }

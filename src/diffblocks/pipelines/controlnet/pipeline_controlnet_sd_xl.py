@@ -1,0 +1,120 @@
+"""Classic Stable Diffusion XL ControlNet text-to-image pipeline (runs the SDXL ``controlnet`` preset), and the
+constructor shared by the SDXL ControlNet pipelines."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from ..pipeline_utils import DiffusionPipeline
+from ..stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipelineBase
+from .pipeline_controlnet import ControlNetPipelineMixin
+
+
+class StableDiffusionXLControlNetPipelineBase(ControlNetPipelineMixin, StableDiffusionXLPipelineBase):
+    """SDXL classic pipeline plus a ``controlnet`` component."""
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        unet,
+        controlnet,
+        scheduler,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: Optional[bool] = None,
+        feature_extractor=None,
+        image_encoder=None,
+    ) -> None:
+        DiffusionPipeline.__init__(self)
+        self._register_xl(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
+                          feature_extractor, add_watermarker)
+        self._register_controlnet(controlnet)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+
+
+class StableDiffusionXLControlNetPipeline(StableDiffusionXLControlNetPipelineBase):
+    """Text-to-image generation with SDXL guided by one or several ControlNets."""
+
+    _preset_name = "controlnet"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, List[str]] = None,
+        prompt_2: Optional[Union[str, List[str]]] = None,
+        image=None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 50,
+        timesteps: List[int] = None,
+        sigmas: List[float] = None,
+        denoising_end: Optional[float] = None,
+        guidance_scale: float = 5.0,
+        negative_prompt: Optional[Union[str, List[str]]] = None,
+        negative_prompt_2: Optional[Union[str, List[str]]] = None,
+        num_images_per_prompt: Optional[int] = 1,
+        eta: float = 0.0,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_pooled_prompt_embeds: Optional[torch.Tensor] = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: Optional[List[torch.Tensor]] = None,
+        output_type: Optional[str] = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: Optional[Dict[str, Any]] = None,
+        controlnet_conditioning_scale: Union[float, List[float]] = 1.0,
+        guess_mode: bool = False,
+        control_guidance_start: Union[float, List[float]] = 0.0,
+        control_guidance_end: Union[float, List[float]] = 1.0,
+        original_size: Tuple[int, int] = None,
+        crops_coords_top_left: Tuple[int, int] = (0, 0),
+        target_size: Tuple[int, int] = None,
+        negative_original_size: Optional[Tuple[int, int]] = None,
+        negative_crops_coords_top_left: Tuple[int, int] = (0, 0),
+        negative_target_size: Optional[Tuple[int, int]] = None,
+        clip_skip: Optional[int] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        **kwargs: Any,
+    ):
+        """Generate images from ``prompt`` following the ControlNet condition ``image`` (see diffusers'
+        ``StableDiffusionXLControlNetPipeline.__call__``). The output size defaults to the control image's.
+
+        Returns a ``StableDiffusionXLPipelineOutput`` or, with ``return_dict=False``, ``(images,)``.
+        """
+        callback_on_step_end, _ = self._legacy_callback(kwargs, callback_on_step_end)
+        self.check_inputs_xl(
+            prompt, prompt_2, None, None, negative_prompt, negative_prompt_2, prompt_embeds,
+            negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, ip_adapter_image,
+            ip_adapter_image_embeds, callback_on_step_end_tensor_inputs,
+            num_inference_steps=None if timesteps or sigmas else num_inference_steps, output_type=output_type,
+            denoising_end=denoising_end,
+        )
+        self.check_controlnet_inputs(prompt, prompt_embeds, image, controlnet_conditioning_scale,
+                                     control_guidance_start, control_guidance_end)
+        height, width = self._size_from(self.control_image_processor, image, height, width, per_net=True)
+        self._prepare_call_xl(guidance_scale, 0.0, clip_skip, cross_attention_kwargs, denoising_end)
+        state = self._run_xl(
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
+            num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
+            timesteps=timesteps, sigmas=sigmas, denoising_end=denoising_end, height=height, width=width,
+            latents=latents, generator=generator, eta=eta, output_type=output_type,
+            original_size=original_size or (height, width), target_size=target_size or (height, width),
+            crops_coords_top_left=crops_coords_top_left, negative_original_size=negative_original_size,
+            negative_crops_coords_top_left=negative_crops_coords_top_left, negative_target_size=negative_target_size,
+            **self._controlnet_inputs(image, controlnet_conditioning_scale, guess_mode, control_guidance_start,
+                                      control_guidance_end),
+        )
+        return self._finish(state, return_dict)

@@ -31,7 +31,8 @@ def _write_index(folder, data):
 
 
 def _same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
+    # diffblocks' CLIPTextModel keeps the `text_model.` level that transformers 5 drops: compare without it
+    sa, sb = ({k.removeprefix("text_model."): v for k, v in m.state_dict().items()} for m in (a, b))
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].float(), sb[k].float()) for k in sa)
 
 

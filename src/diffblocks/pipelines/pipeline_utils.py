@@ -1181,6 +1181,9 @@ def _check_passed_component(name: str, obj: Any, entry: Sequence[Any], pipeline_
     if base is None:
         return
     if not issubclass(actual, base):
+        if is_own_clip_class(expected_cls):
+            kind = "PreTrainedModel" if issubclass(expected_cls, torch.nn.Module) else "PreTrainedTokenizerBase"
+            raise ValueError(f"{obj} is of type: {actual}, but should be {base} (or transformers' {kind})")
         raise ValueError(f"{obj} is of type: {actual}, but should be {base}")
 
 

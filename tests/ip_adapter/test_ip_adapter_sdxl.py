@@ -78,25 +78,36 @@ def _modular_ip_pipeline(folders, family):
     from diffblocks.modular_pipelines import ComponentSpec, SequentialPipelineBlocks
 
     if family == "sdxl":
-        from diffblocks.modular_pipelines.stable_diffusion_xl import ALL_BLOCKS
-        from diffblocks.modular_pipelines.stable_diffusion_xl.ip_adapter import StableDiffusionXLIPAdapterStep as Step
+        # the SDXL auto blocks with the auto IP-Adapter step 2nd (as the lead wires it into modular_blocks)
+        from diffblocks.modular_pipelines.stable_diffusion_xl import StableDiffusionXLAutoBlocks
+        from diffblocks.modular_pipelines.stable_diffusion_xl.ip_adapter import IP_ADAPTER_BLOCKS
+
+        blocks = StableDiffusionXLAutoBlocks()
+        if "ip_adapter" not in blocks.sub_blocks:
+            blocks.sub_blocks.insert("ip_adapter", IP_ADAPTER_BLOCKS["ip_adapter"](), 1)
+        names = [p.name for p in blocks.inputs]
+        # the image input comes right after the text encoder's inputs
+        assert names[names.index("clip_skip") + 1] == "ip_adapter_image"
     else:
-        from diffblocks.modular_pipelines.stable_diffusion.ip_adapter import StableDiffusionIPAdapterStep as Step
+        from diffblocks.modular_pipelines.stable_diffusion.ip_adapter import StableDiffusionIPAdapterStep
         from diffblocks.modular_pipelines.stable_diffusion.modular_blocks import ALL_BLOCKS
-    preset = ALL_BLOCKS["text2img"].copy()
-    preset.insert("ip_adapter", Step, 1)
-    blocks = SequentialPipelineBlocks.from_blocks_dict(preset)
+
+        preset = ALL_BLOCKS["text2img"].copy()
+        preset.insert("ip_adapter", StableDiffusionIPAdapterStep, 1)
+        blocks = SequentialPipelineBlocks.from_blocks_dict(preset)
     assert list(blocks.sub_blocks)[:2] == ["text_encoder", "ip_adapter"]
     pipe = blocks.init_pipeline(folders[family])
+    null = pipe.null_component_names
+    assert null.index("image_encoder") == null.index("unet") - 1
     logging.disable(logging.ERROR)  # the pipeline folder has no image_encoder: its lookup logs an error
     try:
         pipe.load_components(torch_dtype=torch.float32)
     finally:
         logging.disable(logging.NOTSET)
-    assert pipe.null_component_names == ["image_encoder"]
+    assert "image_encoder" in pipe.null_component_names
     pipe.load_ip_adapter(folders["ip"], subfolder=SUB if family == "sdxl" else "models",
                          weight_name="ip-adapter-plus.bin", image_encoder_folder="image_encoder")
-    assert pipe.null_component_names == []
+    assert "image_encoder" not in pipe.null_component_names
     # the default feature extractor is sized for real encoders (224): give it the tiny encoder's size
     pipe.update_components(feature_extractor=ComponentSpec(
         "feature_extractor", CLIPImageProcessor, config={"size": IMAGE_SIZE, "crop_size": IMAGE_SIZE},
@@ -156,6 +167,13 @@ def test_modular_step_matches_classic_and_diffusers_modular(folders):
     assert pipe.image_encoder is not None  # a regular component of the modular pipeline
     assert pipe.unet.encoder_hid_proj is None
     assert "IP-Adapter" not in repr(manager)
+    # without `ip_adapter_image` the auto step is skipped: the plain text-to-image result
+    classic.unload_ip_adapter()
+    plain = pipe(prompt="a tiny photo", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0), output="images", **SIZE)
+    want = classic("a tiny photo", num_inference_steps=2, guidance_scale=7.5, output_type="np",
+                   generator=torch.Generator().manual_seed(0), **SIZE).images
+    assert diff(plain, want) <= 1e-6
 
 
 def test_sd_modular_step_matches_classic(tmp_path_factory):

@@ -10,7 +10,7 @@ from typing import List
 
 import torch
 
-from .. import ComponentSpec, InputParam, ModularPipelineBlocks, OutputParam
+from .. import AutoPipelineBlocks, ComponentSpec, InputParam, InsertableDict, ModularPipelineBlocks, OutputParam
 from .encoders import DENOISER_FIELDS, MODEL_NAME, execution_device, guider_spec, unet_spec, uses_guidance_embedding
 
 
@@ -94,4 +94,25 @@ class StableDiffusionIPAdapterEmbedsStep(StableDiffusionIPAdapterStep):
         ]
 
 
-__all__ = ["StableDiffusionIPAdapterEmbedsStep", "StableDiffusionIPAdapterStep"]
+class StableDiffusionAutoIPAdapterStep(AutoPipelineBlocks):
+    """Runs the IP-Adapter step when ``ip_adapter_image`` is given; skipped otherwise."""
+
+    block_classes = [StableDiffusionIPAdapterStep]
+    block_names = ["ip_adapter"]
+    block_trigger_inputs = ["ip_adapter_image"]
+
+    @property
+    def description(self) -> str:
+        return ("IP-Adapter image encoding when `ip_adapter_image` is given (needs `load_ip_adapter` first); "
+                "skipped otherwise.")
+
+
+# preset to insert after the text encoder: ``blocks.sub_blocks.insert("ip_adapter", ..., 1)``
+IP_ADAPTER_BLOCKS = InsertableDict([("ip_adapter", StableDiffusionAutoIPAdapterStep)])
+
+__all__ = [
+    "IP_ADAPTER_BLOCKS",
+    "StableDiffusionAutoIPAdapterStep",
+    "StableDiffusionIPAdapterEmbedsStep",
+    "StableDiffusionIPAdapterStep",
+]

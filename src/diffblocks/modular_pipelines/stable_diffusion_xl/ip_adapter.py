@@ -3,6 +3,7 @@ SDXL model name. It runs right after the text encoder in the SDXL auto blocks (t
 """
 from __future__ import annotations
 
+from .. import AutoPipelineBlocks, InsertableDict
 from ..stable_diffusion.ip_adapter import StableDiffusionIPAdapterEmbedsStep, StableDiffusionIPAdapterStep
 from .encoders import MODEL_NAME
 
@@ -17,4 +18,26 @@ class StableDiffusionXLIPAdapterEmbedsStep(StableDiffusionIPAdapterEmbedsStep):
     model_name = MODEL_NAME
 
 
-__all__ = ["StableDiffusionXLIPAdapterEmbedsStep", "StableDiffusionXLIPAdapterStep"]
+class StableDiffusionXLAutoIPAdapterStep(AutoPipelineBlocks):
+    """Runs the SDXL IP-Adapter step when ``ip_adapter_image`` is given; skipped otherwise (the auto blocks'
+    ``ip_adapter`` entry, right after ``text_encoder``)."""
+
+    block_classes = [StableDiffusionXLIPAdapterStep]
+    block_names = ["ip_adapter"]
+    block_trigger_inputs = ["ip_adapter_image"]
+
+    @property
+    def description(self) -> str:
+        return ("IP-Adapter image encoding when `ip_adapter_image` is given (needs `load_ip_adapter` first); "
+                "skipped otherwise.")
+
+
+# the legacy ``ALL_BLOCKS["ip_adapter"]`` preset (meant to be inserted after the text encoder)
+IP_ADAPTER_BLOCKS = InsertableDict([("ip_adapter", StableDiffusionXLAutoIPAdapterStep)])
+
+__all__ = [
+    "IP_ADAPTER_BLOCKS",
+    "StableDiffusionXLAutoIPAdapterStep",
+    "StableDiffusionXLIPAdapterEmbedsStep",
+    "StableDiffusionXLIPAdapterStep",
+]

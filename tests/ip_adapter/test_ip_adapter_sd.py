@@ -136,13 +136,24 @@ def test_precomputed_embeds_match_images(folders, ref, ours):
     assert diff(got, run(ref, ip_adapter_image_embeds=plain, guidance_scale=1.0)) <= TOL
 
 
-def test_img2img_parity(folders, pipes):
+def test_img2img_parity_and_from_pipe(folders, pipes):
+    """diffusers' img2img pipeline with the adapter vs ours built with from_pipe from a text2img pipeline that
+    holds it: the UNet (with its IP-Adapter), the image encoder and the feature extractor are shared."""
+    from diffblocks import StableDiffusionImg2ImgPipeline
+
     image = reference_image(3)
     init = reference_image(4, size=32)
+    source = pipes[("ours", "StableDiffusionPipeline")]
+    source.load_ip_adapter(folders["ip"], subfolder=SUB, weight_name="ip-adapter.safetensors")
+    derived = StableDiffusionImg2ImgPipeline.from_pipe(source)
+    derived.set_progress_bar_config(disable=True)
+    assert derived.unet is source.unet and derived.image_encoder is source.image_encoder
+    assert derived.feature_extractor is source.feature_extractor
+    pipes[("ref", "StableDiffusionImg2ImgPipeline")].load_ip_adapter(
+        folders["ip"], subfolder=SUB, weight_name="ip-adapter.safetensors")
     outs = {}
     for name in ("ref", "ours"):
-        pipe = pipes[(name, "StableDiffusionImg2ImgPipeline")]
-        pipe.load_ip_adapter(folders["ip"], subfolder=SUB, weight_name="ip-adapter.safetensors")
+        pipe = derived if name == "ours" else pipes[("ref", "StableDiffusionImg2ImgPipeline")]
         outs[name] = np.asarray(pipe("a tiny photo", image=init, strength=0.7, num_inference_steps=3,
                                      ip_adapter_image=image, output_type="np",
                                      generator=torch.Generator().manual_seed(0)).images)
@@ -166,6 +177,10 @@ def test_load_by_repo_id_from_hf_cache_and_state_dict(tmp_path, folders, ours, m
     ours.load_ip_adapter(folders["ip"], subfolder=SUB, weight_name="ip-adapter.bin")  # registers the encoder
     ours.load_ip_adapter(state, subfolder=None, weight_name=None)
     assert np.array_equal(run(ours, ip_adapter_image=reference_image()), from_hub)
+
+
+def _layers(pipe):
+    return [(m.to_k.out_features, m.to_k.in_features) for n, m in pipe.unet.named_modules() if n.endswith("attn2")]
 
 
 def test_errors(folders, ours):
@@ -194,6 +209,15 @@ def test_errors(folders, ours):
     with pytest.raises(ValueError, match="different UNet"):
         ours.load_ip_adapter(wrong, subfolder=None, weight_name=None, image_encoder_folder=None)
     assert ours.unet.encoder_hid_proj is None
+
+    # no image encoder (image_encoder_folder=None): images cannot be encoded, precomputed embeds still work
+    ours.load_ip_adapter(plain_state_dict(_layers(ours), 32, 0), subfolder=None, weight_name=None,
+                         image_encoder_folder=None)
+    with pytest.raises(ValueError, match="needs the `image_encoder` component"):
+        run(ours, ip_adapter_image=image)
+    assert run(ours, ip_adapter_image_embeds=[torch.randn(2, 1, 24)]).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="negative and the positive embeddings"):
+        run(ours, ip_adapter_image_embeds=[torch.randn(3, 1, 24)])
 
     ours.load_ip_adapter(folders["ip"], subfolder=SUB, weight_name="ip-adapter.bin")
     with pytest.raises(ValueError, match="same length as the number of IP Adapters. Got 2 images and 1"):

@@ -147,7 +147,12 @@ class _AutoPipelineBase(ConfigMixin):
             to_replace = "Pipeline"
         name = class_name
         if "controlnet" in kwargs:
-            name = name.replace(to_replace, _controlnet_suffix(kwargs["controlnet"]) + to_replace)
+            # diffusers inserts "ControlNet" even when the folder already is a ControlNet pipeline (and then finds
+            # no "...ControlNetControlNetPipeline"): the folder's own ControlNet marker is replaced instead;
+            # `controlnet=None` asks for the row without ControlNet
+            name = name.replace("ControlNetUnion", "").replace("ControlNet", "")
+            if kwargs["controlnet"] is not None:
+                name = name.replace(to_replace, _controlnet_suffix(kwargs["controlnet"]) + to_replace)
         if "enable_pag" in kwargs:
             if kwargs.pop("enable_pag"):
                 name = name.replace(to_replace, "PAG" + to_replace)

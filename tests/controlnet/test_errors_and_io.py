@@ -182,3 +182,26 @@ def test_pag_and_union_rows_stay_unimplemented(cn_loaded):
 
     with pytest.raises(NotImplementedError, match="StableDiffusionControlNetPAGPipeline"):
         AutoPipelineForText2Image.from_pipe(cn_loaded("ours", "sd"), enable_pag=True)
+
+
+def test_diffusers_saved_multi_loads_and_from_pipe(cn_loaded, tmp_path):
+    import diffusers
+
+    import diffblocks
+
+    theirs = make(cn_loaded, "theirs", "sd", "StableDiffusionControlNetPipeline", multi=True)
+    theirs.save_pretrained(str(tmp_path))
+    ours = diffblocks.StableDiffusionControlNetPipeline.from_pretrained(str(tmp_path))
+    ours.set_progress_bar_config(disable=True)
+    assert isinstance(ours.controlnet, diffblocks.MultiControlNetModel) and len(ours.controlnet.nets) == 2
+    # nested per-prompt lists: [[net0 image, net1 image] per prompt]
+    kw = dict(prompt=["a cat", "a dog"], image=[[CONTROL, CONTROL2], [CONTROL2, CONTROL]], num_inference_steps=2,
+              output_type="np")
+    a = ours(generator=torch.Generator().manual_seed(0), **kw).images
+    b = theirs(generator=torch.Generator().manual_seed(0), **kw).images
+    assert float(np.abs(as_np(a) - as_np(b)).max()) <= TOL
+    # DiffusionPipeline.from_pipe: a plain SD pipeline from the ControlNet one and back, components shared
+    plain = diffblocks.StableDiffusionPipeline.from_pipe(ours)
+    assert plain.unet is ours.unet and "controlnet" not in plain.components
+    again = diffblocks.StableDiffusionControlNetImg2ImgPipeline.from_pipe(plain, controlnet=ours.controlnet)
+    assert again.controlnet is ours.controlnet and again.vae is ours.vae

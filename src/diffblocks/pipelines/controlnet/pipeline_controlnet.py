@@ -189,6 +189,7 @@ class StableDiffusionControlNetPipeline(StableDiffusionControlNetPipelineBase):
             generator=generator,
             eta=eta,
             output_type=output_type,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             **self._controlnet_inputs(image, controlnet_conditioning_scale, guess_mode, control_guidance_start,
                                       control_guidance_end),
         )

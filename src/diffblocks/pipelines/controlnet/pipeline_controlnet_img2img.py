@@ -82,6 +82,7 @@ class StableDiffusionControlNetImg2ImgPipeline(StableDiffusionControlNetPipeline
             eta=eta,
             dtype=dtype,
             output_type=output_type,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             **self._controlnet_inputs(control_image, controlnet_conditioning_scale, guess_mode,
                                       control_guidance_start, control_guidance_end),
         )

@@ -99,6 +99,7 @@ class StableDiffusionXLControlNetInpaintPipeline(StableDiffusionXLControlNetImg2
             eta=eta, output_type=output_type, dtype=self._embeds_dtype(), original_size=original_size,
             target_size=target_size, crops_coords_top_left=crops_coords_top_left,
             aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             **self._controlnet_inputs(control_image, controlnet_conditioning_scale, guess_mode,
                                       control_guidance_start, control_guidance_end),
         )

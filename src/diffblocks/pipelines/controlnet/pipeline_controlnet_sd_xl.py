@@ -114,6 +114,7 @@ class StableDiffusionXLControlNetPipeline(StableDiffusionXLControlNetPipelineBas
             original_size=original_size or (height, width), target_size=target_size or (height, width),
             crops_coords_top_left=crops_coords_top_left, negative_original_size=negative_original_size,
             negative_crops_coords_top_left=negative_crops_coords_top_left, negative_target_size=negative_target_size,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             **self._controlnet_inputs(image, controlnet_conditioning_scale, guess_mode, control_guidance_start,
                                       control_guidance_end),
         )

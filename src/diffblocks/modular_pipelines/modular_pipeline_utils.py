@@ -289,6 +289,8 @@ def _is_auto_model_class(cls: Any) -> bool:
 def _library_of(cls: type) -> str:
     module = cls.__module__ or ""
     root = module.split(".")[0]
+    if root == "diffblocks" and getattr(cls, "_library_name", None):
+        return cls._library_name  # our CLIP text encoders/tokenizers are written as transformers', like diffusers
     if root == "transformers":
         return "transformers"
     if root in ("diffblocks", "diffusers"):
@@ -309,6 +311,12 @@ def resolve_class(library: Optional[str], class_name: Optional[str]) -> Optional
     """The class named ``class_name`` of ``library`` (``"diffusers"`` resolves to diffblocks); None if unknown."""
     if not class_name:
         return None
+    if library == "transformers":
+        from ..models.clip import own_transformers_class
+
+        own = own_transformers_class(class_name)  # CLIP text encoders/tokenizers: diffblocks' classes
+        if own is not None:
+            return own
     candidates = []
     if library in (None, "diffusers", "diffblocks") or (library or "").startswith(("diffusers.", "diffblocks.")):
         candidates += ["diffblocks", "diffblocks.modular_pipelines", "diffblocks.schedulers", "diffblocks.models"]

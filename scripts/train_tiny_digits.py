@@ -6,8 +6,9 @@ with scikit-learn, no download), upscaled to 32x32 RGB.
 
 Model (a standard Stable Diffusion 1.x layout, only small):
   * ``vae``           diffblocks ``AutoencoderKL``: 32x32x3 <-> 4x8x8 latents
-  * ``text_encoder``  transformers ``CLIPTextModel`` (hidden 64, 2 layers) trained from scratch
-  * ``tokenizer``     ``CLIPTokenizer`` with a generated BPE vocabulary covering the digit prompts
+  * ``text_encoder``  diffblocks ``CLIPTextModel`` (hidden 64, 2 layers; transformers' file format) trained from
+                      scratch
+  * ``tokenizer``     diffblocks ``CLIPTokenizer`` with a generated BPE vocabulary covering the digit prompts
   * ``unet``          diffblocks ``UNet2DConditionModel`` (32/64 channels, cross-attention on the text)
   * ``scheduler``     DDPM noise schedule for training; the sampler named by ``--scheduler`` is shipped
 
@@ -269,6 +270,17 @@ def model_classes(backend: str):
     return AutoencoderKL, UNet2DConditionModel
 
 
+def text_classes(backend: str):
+    """(CLIPTextConfig, CLIPTextModel, CLIPTokenizer): diffblocks' own, or transformers' for the diffusers
+    cross-check. Both read and write the same files."""
+    if backend == "diffusers":
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    else:
+        from diffblocks.models.clip_text import CLIPTextConfig, CLIPTextModel
+        from diffblocks.models.clip_tokenizer import CLIPTokenizer
+    return CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -318,7 +330,7 @@ def train_vae(AutoencoderKL, images: torch.Tensor, args, log) -> torch.nn.Module
 
 
 def train_unet(UNet2DConditionModel, latents_mean, latents_std, labels, tokenizer, args, log, checkpoint=None):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    CLIPTextConfig, CLIPTextModel, _ = text_classes(args.backend)
 
     gen = torch.Generator().manual_seed(args.seed + (3 if args.resume else 2))
     torch.manual_seed(args.seed + 2)
@@ -468,7 +480,7 @@ def main(argv=None) -> int:
     images, labels = load_digit_images(32)
     log(f"data: {tuple(images.shape)} images, labels {torch.bincount(labels).tolist()}")
 
-    from transformers import CLIPTokenizer
+    _, _, CLIPTokenizer = text_classes(args.backend)
 
     work = tempfile.mkdtemp(prefix="tiny-digits-tok-")
     try:

@@ -404,6 +404,34 @@ class _CLIPTextBase(ModelMixin):
         self.config = config
         self.name_or_path = config.name_or_path
 
+    # ---------------------------------------------------------------- initialisation
+    def init_weights(self) -> None:
+        """CLIP's initialisation (normal weights scaled by width and depth, zero biases, unit layer norms), so a
+        model trained from scratch starts like the original; loading replaces every value anyway."""
+        cfg = self.config
+        factor = float(getattr(cfg, "initializer_factor", 1.0) or 1.0)
+        width, depth = cfg.hidden_size, cfg.num_hidden_layers
+        init = nn.init
+        for module in self.modules():
+            if isinstance(module, CLIPTextEmbeddings):
+                init.normal_(module.token_embedding.weight, std=0.02 * factor)
+                init.normal_(module.position_embedding.weight, std=0.02 * factor)
+            elif isinstance(module, CLIPAttention):
+                for proj in (module.q_proj, module.k_proj, module.v_proj):
+                    init.normal_(proj.weight, std=width ** -0.5 * (2 * depth) ** -0.5 * factor)
+                init.normal_(module.out_proj.weight, std=width ** -0.5 * factor)
+            elif isinstance(module, CLIPMLP):
+                init.normal_(module.fc1.weight, std=(2 * width) ** -0.5 * factor)
+                init.normal_(module.fc2.weight, std=width ** -0.5 * (2 * depth) ** -0.5 * factor)
+            elif isinstance(module, nn.LayerNorm):
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                init.zeros_(module.bias)
+        projection = getattr(self, "text_projection", None)
+        if projection is not None:
+            init.normal_(projection.weight, std=width ** -0.5 * factor)
+
     # ---------------------------------------------------------------- embeddings
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_model.embeddings.token_embedding
@@ -641,6 +669,7 @@ class CLIPTextModel(_CLIPTextBase):
     def __init__(self, config: Optional[CLIPTextConfig] = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.text_model = CLIPTextTransformer(self.config)
+        self.init_weights()
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, output_attentions: Optional[bool] = None,
@@ -665,6 +694,7 @@ class CLIPTextModelWithProjection(_CLIPTextBase):
         super().__init__(config, **kwargs)
         self.text_model = CLIPTextTransformer(self.config)
         self.text_projection = nn.Linear(self.config.hidden_size, self.config.projection_dim, bias=False)
+        self.init_weights()
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, output_attentions: Optional[bool] = None,

@@ -198,9 +198,11 @@ def _is_kohya(keys: Iterable[str]) -> bool:
 
 
 def _convert_kohya(
-    state_dict: Dict[str, torch.Tensor], module_names: Optional[Dict[str, Iterable[str]]],
+    state_dict: Dict[str, torch.Tensor], module_names: Any,
     layers_per_block: Optional[int] = None,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+    if callable(module_names):
+        module_names = module_names()
     tables = {c: _kohya_lookup(names) for c, names in (module_names or {}).items()}
     out: Dict[str, torch.Tensor] = {}
     alphas: Dict[str, float] = {}
@@ -317,7 +319,9 @@ def convert_lora_state_dict(
 def _tuner_layers(model: nn.Module):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    # an MRO lookup, not isinstance: BaseTunerLayer is an ABC, whose first check per module class scans all of
+    # peft's layer classes
+    return [m for m in model.modules() if BaseTunerLayer in type(m).__mro__]
 
 
 def _model_adapters(model: Optional[nn.Module]) -> List[str]:
@@ -369,6 +373,226 @@ def _build_config(
     )
 
 
+_PARAM_KINDS = ("A.weight", "B.weight", "B.bias", "magnitude_vector", "magnitude_vector.weight")
+
+
+class _LoraPlan:
+    """Everything needed to inject one adapter into one model, checked before the model is touched."""
+
+    def __init__(self, model, component, adapter_name, config, weights):
+        self.model = model
+        self.component = component
+        self.adapter_name = adapter_name
+        self.config = config
+        self.weights = weights  # {module name: {param kind: tensor}}
+        self.undo: Optional[Any] = None  # set by inject_lora_plan
+
+
+def _base_of(module: nn.Module) -> nn.Module:
+    # an already injected peft layer wraps the original module
+    get_base = getattr(module, "get_base_layer", None)
+    return get_base() if callable(get_base) else module
+
+
+def _expected_shapes(base: nn.Module, rank: int) -> Dict[str, Tuple[int, ...]]:
+    if isinstance(base, nn.Linear):
+        return {"A.weight": (rank, base.in_features), "B.weight": (base.out_features, rank),
+                "B.bias": (base.out_features,)}
+    if isinstance(base, nn.Conv2d):
+        kh, kw = base.kernel_size
+        return {"A.weight": (rank, base.in_channels // base.groups, kh, kw),
+                "B.weight": (base.out_channels, rank, 1, 1), "B.bias": (base.out_channels,)}
+    return {}
+
+
+def plan_lora_for_model(
+    model: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    network_alphas: Optional[Dict[str, float]] = None,
+    adapter_name: Optional[str] = None,
+    metadata: Optional[Dict[str, Any]] = None,
+    component: str = "model",
+) -> _LoraPlan:
+    """Check one adapter (un-prefixed peft keys) against ``model`` without changing it.
+
+    Every key must name an existing Linear/Conv2d module and a LoRA parameter of the right shape; the adapter name must
+    be free.  Raises ValueError naming the offending keys.
+    """
+    existing = _model_adapters(model)
+    if adapter_name is None:
+        adapter_name = f"default_{len(existing)}"
+    if adapter_name in existing:
+        raise ValueError(f"Adapter name {adapter_name} already in use in the model - please select a new adapter name.")
+    modules = dict(model.named_modules())
+    names = set(modules)
+    renamed: Dict[str, torch.Tensor] = {}
+    weights: Dict[str, Dict[str, torch.Tensor]] = {}
+    missing: List[str] = []
+    bad_kind: List[str] = []
+    for key, value in state_dict.items():
+        module, sep, param = key.partition(".lora_")
+        target = _resolve_module_name(module, names) if sep else None
+        if target is None:
+            missing.append(key)
+            continue
+        if param not in _PARAM_KINDS:
+            bad_kind.append(key)
+            continue
+        if not torch.is_tensor(value):
+            raise TypeError(f"LoRA weight {key!r} must be a tensor, got {type(value).__name__}")
+        renamed[f"{target}.lora_{param}"] = value
+        weights.setdefault(target, {})[param] = value
+    if missing:
+        raise ValueError(
+            f"LoRA weights for {component} ({type(model).__name__}) name modules it does not have: "
+            f"{sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
+    if bad_kind:
+        raise ValueError(
+            f"LoRA weights for {component} hold parameters other than lora_A/lora_B weights, lora_B bias and DoRA "
+            f"magnitudes: {sorted(bad_kind)[:5]}"
+        )
+    wrong: List[str] = []
+    for target, params in weights.items():
+        if "A.weight" not in params or "B.weight" not in params:
+            raise ValueError(f"LoRA weights for {component} module {target!r} need both lora_A and lora_B weights; "
+                             f"got {sorted('lora_' + p for p in params)}")
+        base = _base_of(modules[target])
+        expected = _expected_shapes(base, int(params["A.weight"].shape[0]))
+        if not expected:
+            raise ValueError(f"LoRA on {component} module {target!r} ({type(base).__name__}) is not supported; "
+                             "expected a Linear or Conv2d layer")
+        for kind, shape in expected.items():
+            if kind in params and tuple(params[kind].shape) != shape:
+                wrong.append(f"{target}.lora_{kind}: {tuple(params[kind].shape)} (expected {shape})")
+    if wrong:
+        raise ValueError(f"LoRA weights for {component} do not fit the model's layers: {wrong[:5]}")
+    network_alphas = network_alphas or {}
+    alphas: Dict[str, float] = {}
+    for key, value in network_alphas.items():
+        target = _resolve_module_name(key[: -len(".alpha")], names)
+        if target is not None:
+            alphas[f"{target}.alpha"] = value
+    config = _build_config(renamed, alphas, metadata)
+    return _LoraPlan(model, component, adapter_name, config, weights)
+
+
+class _Node(nn.Module):
+    """A bare container of the injection tree (see :func:`_injection_tree`)."""
+
+
+def _injection_tree(model: nn.Module, targets: Iterable[str]) -> nn.Module:
+    """A stand-in model holding only the target modules, under their real names in ``model``.
+
+    peft is handed this tree instead of the model: it then walks a few dozen modules rather than the whole network
+    (its ``isinstance`` checks against its abstract layer class cost a subclass scan per new module class), and it
+    does not take our CLIP encoders (whose ``config`` has a ``model_type``) for transformers models, for which it
+    would first build transformers' whole checkpoint-conversion table.  Our target names are already the model's
+    real module names, so neither is needed.  The layers peft creates are moved into ``model`` afterwards.
+    """
+    root = _Node()
+    for name in targets:
+        parts = name.split(".")
+        node = root
+        for part in parts[:-1]:
+            child = node._modules.get(part)
+            if child is None:
+                child = _Node()
+                node.add_module(part, child)
+            node = child
+        node.add_module(parts[-1], model.get_submodule(name))
+    return root
+
+
+def inject_lora_plan(plan: _LoraPlan) -> str:
+    """Inject a checked adapter and write its weights; on any error the adapter is removed again.
+
+    ``plan.undo()`` takes a successful injection back out (used when a later component fails).
+    """
+    from peft import inject_adapter_in_model
+
+    model, adapter_name = plan.model, plan.adapter_name
+    targets = list(plan.weights)
+    existing = getattr(model, "peft_config", None)
+    first = not isinstance(existing, dict) or not existing
+    had_config = hasattr(model, "peft_config")
+    active_before = [(layer, list(layer.active_adapters)) for layer in _tuner_layers(model)]
+    root = _injection_tree(model, targets)
+    if not first:
+        root.peft_config = existing
+    replaced: List[Tuple[nn.Module, str, nn.Module]] = []
+    grads: List[Tuple[nn.Parameter, bool]] = []
+
+    def undo() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for parent, leaf, old in reversed(replaced):
+                setattr(parent, leaf, old)
+            for layer, active in active_before:
+                if adapter_name in getattr(layer, "lora_A", {}):
+                    layer.delete_adapter(adapter_name)
+                layer.set_adapter(active)
+            config = getattr(root, "peft_config", None)
+            if isinstance(config, dict):
+                config.pop(adapter_name, None)
+            if first:
+                if had_config:
+                    model.peft_config = existing
+                elif hasattr(model, "peft_config"):
+                    del model.peft_config
+            for param, flag in grads:
+                param.requires_grad_(flag)
+
+    try:
+        if first:
+            # like peft on a whole model: the base weights stop requiring gradients once an adapter is injected
+            grads = [(param, param.requires_grad) for param in model.parameters()]
+            for param, _ in grads:
+                param.requires_grad_(False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(plan.config, root, adapter_name=adapter_name)
+        model.peft_config = root.peft_config
+        for name in targets:
+            parent_name, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            old = parent._modules[leaf]
+            new = root.get_submodule(name)
+            if new is not old:
+                setattr(parent, leaf, new)
+                replaced.append((parent, leaf, old))
+        with torch.no_grad():
+            for target, params in plan.weights.items():
+                layer = model.get_submodule(target)
+                for kind, value in params.items():
+                    param = _lora_parameter(layer, kind, adapter_name)
+                    if param.shape != value.shape:
+                        raise ValueError(f"LoRA weight {target}.lora_{kind} has shape {tuple(value.shape)}, the "
+                                         f"layer expects {tuple(param.shape)}")
+                    param.copy_(value)
+        # as with peft on a whole model (and in diffusers): the adapter just loaded becomes the only active one
+        for layer in _tuner_layers(model):
+            layer.set_adapter([adapter_name])
+    except Exception:
+        undo()
+        raise
+    plan.undo = undo
+    return adapter_name
+
+
+def _lora_parameter(layer: nn.Module, kind: str, adapter_name: str) -> torch.Tensor:
+    if kind == "A.weight":
+        return layer.lora_A[adapter_name].weight
+    if kind == "B.weight":
+        return layer.lora_B[adapter_name].weight
+    if kind == "B.bias":
+        bias = layer.lora_B[adapter_name].bias
+        if bias is None:
+            raise ValueError(f"the injected LoRA layer {type(layer).__name__} has no lora_B bias")
+        return bias
+    return layer.lora_magnitude_vector[adapter_name].weight
+
+
 def load_lora_into_model(
     model: nn.Module,
     state_dict: Dict[str, torch.Tensor],
@@ -377,50 +601,11 @@ def load_lora_into_model(
     metadata: Optional[Dict[str, Any]] = None,
     component: str = "model",
 ) -> str:
-    """Inject one LoRA adapter (un-prefixed peft keys) into ``model``; returns the adapter name used."""
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    """Inject one LoRA adapter (un-prefixed peft keys) into ``model``; returns the adapter name used.
 
-    existing = _model_adapters(model)
-    if adapter_name is None:
-        adapter_name = f"default_{len(existing)}"
-    if adapter_name in existing:
-        raise ValueError(f"Adapter name {adapter_name} already in use in the model - please select a new adapter name.")
-    names = {n for n, _ in model.named_modules()}
-    renamed: Dict[str, torch.Tensor] = {}
-    alphas: Dict[str, float] = {}
-    missing: List[str] = []
-    for key, value in state_dict.items():
-        module, _, param = key.partition(".lora_")
-        target = _resolve_module_name(module, names)
-        if target is None:
-            missing.append(key)
-            continue
-        renamed[f"{target}.lora_{param}"] = value
-    for key, value in (network_alphas or {}).items():
-        target = _resolve_module_name(key[: -len(".alpha")], names)
-        if target is not None:
-            alphas[f"{target}.alpha"] = value
-    if missing:
-        raise ValueError(
-            f"LoRA weights for {component} ({type(model).__name__}) name modules it does not have: "
-            f"{sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}"
-        )
-    config = _build_config(renamed, alphas, metadata)
-    inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    try:
-        result = set_peft_model_state_dict(model, renamed, adapter_name=adapter_name)
-        unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if adapter_name in k]
-        if unexpected:
-            raise ValueError(f"LoRA weights for {component} have unexpected keys: {unexpected[:5]}")
-    except Exception:
-        _delete_adapter(model, adapter_name)
-        raise
-    # a newly loaded adapter joins the active ones
-    active = _active_adapters(model)
-    if adapter_name not in active:
-        for layer in _tuner_layers(model):
-            layer.set_adapter(active + [adapter_name])
-    return adapter_name
+    The weights are checked against the model first; a failed load leaves the model as it was.
+    """
+    return inject_lora_plan(plan_lora_for_model(model, state_dict, network_alphas, adapter_name, metadata, component))
 
 
 def _active_adapters(model: nn.Module) -> List[str]:
@@ -447,7 +632,7 @@ def _remove_lora_layers(model: nn.Module) -> None:
 
     def walk(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
-            if isinstance(child, BaseTunerLayer):
+            if BaseTunerLayer in type(child).__mro__:
                 setattr(parent, name, child.get_base_layer())
             else:
                 walk(child)
@@ -551,7 +736,9 @@ class LoraLoaderMixin:
             )
         if isinstance(pretrained_model_name_or_path_or_dict, dict):
             pretrained_model_name_or_path_or_dict = dict(pretrained_model_name_or_path_or_dict)
-        module_names = {name: [n for n, _ in model.named_modules()] for name, model in models.items()}
+        def module_names() -> Dict[str, List[str]]:  # only kohya files need the names
+            return {name: [n for n, _ in model.named_modules()] for name, model in models.items()}
+
         state_dict, alphas, metadata = self.lora_state_dict(
             pretrained_model_name_or_path_or_dict, return_lora_metadata=True, _module_names=module_names,
             unet_config=kwargs.pop("unet_config", getattr(models.get("unet"), "config", None)), **kwargs
@@ -566,22 +753,24 @@ class LoraLoaderMixin:
             by_component.setdefault(component, {})[rest] = value
         if unknown:
             raise ValueError(f"LoRA keys name no component among {list(_COMPONENT_PREFIXES)}: {sorted(unknown)[:5]}")
-        loaded: List[Tuple[str, nn.Module, str]] = []
+        # check every component before touching any, so that a bad file leaves the pipeline unchanged
+        plans: List[_LoraPlan] = []
+        for component, sub in by_component.items():
+            model = models.get(component)
+            if model is None:
+                logger.warning("LoRA weights for `%s` were ignored: %s has no such component.", component,
+                               type(self).__name__)
+                continue
+            comp_alphas = {k[len(component) + 1:]: v for k, v in alphas.items() if k.startswith(component + ".")}
+            comp_meta = _component_metadata(metadata, component)
+            plans.append(plan_lora_for_model(model, sub, comp_alphas, adapter_name, comp_meta, component))
         try:
-            for component, sub in by_component.items():
-                model = models.get(component)
-                if model is None:
-                    logger.warning("LoRA weights for `%s` were ignored: %s has no such component.", component,
-                                   type(self).__name__)
-                    continue
-                comp_alphas = {k[len(component) + 1:]: v for k, v in alphas.items()
-                               if k.startswith(component + ".")}
-                comp_meta = _component_metadata(metadata, component)
-                name = load_lora_into_model(model, sub, comp_alphas, adapter_name, comp_meta, component)
-                loaded.append((component, model, name))
+            for plan in plans:
+                inject_lora_plan(plan)
         except Exception:
-            for _, model, name in loaded:
-                _delete_adapter(model, name)
+            for plan in reversed(plans):
+                if plan.undo is not None:
+                    plan.undo()
             raise
         if "unet" in models and "unet" not in by_component:
             logger.warning("No LoRA keys associated to %s found with the prefix='unet'.", type(models["unet"]).__name__)

@@ -53,8 +53,8 @@ def run_both(cn_loaded, kind: str, cls_name: str, multi: bool = False, unet9: bo
     out = {}
     for which in ("theirs", "ours"):
         pipe = make(cn_loaded, which, kind, cls_name, multi=multi, unet9=unet9)
-        out[which] = pipe(generator=torch.Generator().manual_seed(seed), num_inference_steps=2, output_type="np",
-                          **kwargs).images
+        kwargs.setdefault("num_inference_steps", 2)
+        out[which] = pipe(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
     return out["ours"], out["theirs"]
 
 

@@ -74,3 +74,26 @@ def test_inpaint_multi(cn_loaded):
                             prompt="a cat", image=IMAGE, mask_image=mask(), control_image=[CONTROL, CONTROL2],
                             controlnet_conditioning_scale=[0.3, 0.9])
     assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("cls_name, name, extra", [
+    ("StableDiffusionControlNetPipeline", "image", dict(image=CONTROL)),
+    ("StableDiffusionControlNetImg2ImgPipeline", "control_image", dict(image=IMAGE, control_image=CONTROL)),
+])
+def test_callback_sees_and_replaces_the_control_image(cn_loaded, cls_name, name, extra):
+    seen = []
+
+    def blank_control(pipe, i, t, tensors):
+        seen.append(tuple(tensors[name].shape))
+        return {name: tensors[name] * 0.0, "latents": tensors["latents"]}
+
+    kw = dict(prompt="a cat", num_inference_steps=3, callback_on_step_end=blank_control,
+              callback_on_step_end_tensor_inputs=["latents", name], **extra)
+    ours, theirs = run_both(cn_loaded, "sd", cls_name, **kw)
+    parity = assert_close(ours, theirs)
+    # ours hands out one row per image (diffusers' tensor, seen first, is doubled for guidance)
+    half = len(seen) // 2
+    assert half >= 3 and seen == [(2, 3, 32, 32)] * half + [(1, 3, 32, 32)] * half
+    untouched, _ = run_both(cn_loaded, "sd", cls_name, prompt="a cat", num_inference_steps=3, **extra)
+    effect = float(np.abs(untouched - ours).max())
+    assert effect > 1e-4 and effect > 20 * parity

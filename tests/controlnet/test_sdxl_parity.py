@@ -53,3 +53,17 @@ def test_inpaint_multi_guess(cn_loaded):
                             prompt="a cat", image=IMAGE, mask_image=mask(), control_image=[CONTROL, CONTROL2],
                             guess_mode=True, strength=0.9)
     assert_close(ours, theirs)
+
+
+def test_callback_names_match_diffusers(cn_loaded):
+    seen = {}
+
+    def halve_control(pipe, i, t, tensors):
+        seen.setdefault(type(pipe).__module__.split(".")[0], set()).update(tensors)
+        return {"image": tensors["image"] * 0.5}
+
+    names = ["latents", "add_text_embeds", "add_time_ids", "image"]
+    ours, theirs = run_both(cn_loaded, "sdxl", "StableDiffusionXLControlNetPipeline", prompt="a cat", image=CONTROL,
+                            callback_on_step_end=halve_control, callback_on_step_end_tensor_inputs=names)
+    assert_close(ours, theirs)
+    assert seen["diffblocks"] == seen["diffusers"] == set(names)

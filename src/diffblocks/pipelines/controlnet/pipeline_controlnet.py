@@ -81,6 +81,26 @@ class ControlNetPipelineMixin:
         return int(shape[-2]), int(shape[-1])
 
     @staticmethod
+    def _renamed_callback(callback: Callable, tensor_inputs: Optional[List[str]], renames: Dict[str, str]):
+        """Wrap a step-end callback so it sees (and may return) the tensors under the names diffusers uses
+        (``image``/``control_image`` are the prepared control image(s), one row per generated image)."""
+        requested = list(tensor_inputs or [])
+        names = [renames.get(n, n) for n in requested]
+        if getattr(callback, "__name__", "") == "adapter" and "latents" not in names:
+            names.append("latents")  # the deprecated `callback` adapter reads the latents
+
+        def renamed(pipe, i, t, tensors):
+            shown = dict(tensors)
+            for theirs, ours in renames.items():
+                if theirs in requested and ours in shown:
+                    shown[theirs] = shown.pop(ours)
+            out = callback(pipe, i, t, shown) or {}
+            return {renames.get(k, k): v for k, v in out.items()}
+
+        renamed.tensor_inputs = names
+        return renamed
+
+    @staticmethod
     def _controlnet_inputs(image, controlnet_conditioning_scale, guess_mode, control_guidance_start,
                            control_guidance_end) -> Dict[str, Any]:
         return dict(
@@ -95,7 +115,8 @@ class ControlNetPipelineMixin:
 class StableDiffusionControlNetPipelineBase(ControlNetPipelineMixin, StableDiffusionPipelineBase):
     """Constructor shared by the SD 1.x/2.x ControlNet pipelines."""
 
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "image"]
+    _callback_renames = {"image": "controlnet_cond"}
 
     def __init__(
         self,
@@ -116,6 +137,11 @@ class StableDiffusionControlNetPipelineBase(ControlNetPipelineMixin, StableDiffu
             requires_safety_checker=requires_safety_checker,
         )
         self._register_controlnet(controlnet)
+
+    def _run(self, callback_on_step_end, tensor_inputs, **inputs):
+        if callback_on_step_end is not None:
+            callback_on_step_end = self._renamed_callback(callback_on_step_end, tensor_inputs, self._callback_renames)
+        return super()._run(callback_on_step_end, tensor_inputs, **inputs)
 
 
 class StableDiffusionControlNetPipeline(StableDiffusionControlNetPipelineBase):

@@ -12,6 +12,8 @@ class StableDiffusionControlNetImg2ImgPipeline(StableDiffusionControlNetPipeline
     """Image-to-image generation guided by ``prompt`` and one or several ControlNets (``control_image``)."""
 
     _preset_name = "controlnet_img2img"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "control_image"]
+    _callback_renames = {"control_image": "controlnet_cond"}
 
     @torch.no_grad()
     def __call__(

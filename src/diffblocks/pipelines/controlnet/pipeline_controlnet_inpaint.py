@@ -27,6 +27,9 @@ class StableDiffusionControlNetInpaintPipeline(StableDiffusionControlNetPipeline
     """Repaint the white area of ``mask_image`` in ``image`` guided by ``prompt`` and ControlNet(s)."""
 
     _preset_name = "controlnet_inpaint"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "control_image", "mask",
+                               "masked_image_latents"]
+    _callback_renames = {"control_image": "controlnet_cond"}
 
     @torch.no_grad()
     def __call__(

@@ -14,6 +14,12 @@ from .pipeline_controlnet import ControlNetPipelineMixin
 class StableDiffusionXLControlNetPipelineBase(ControlNetPipelineMixin, StableDiffusionXLPipelineBase):
     """SDXL classic pipeline plus a ``controlnet`` component."""
 
+    _callback_tensor_inputs = [
+        "latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
+        "negative_pooled_prompt_embeds", "negative_add_time_ids", "image",
+    ]
+    _callback_renames = {"add_text_embeds": "pooled_prompt_embeds", "image": "controlnet_cond"}
+
     def __init__(
         self,
         vae,

@@ -14,6 +14,12 @@ class StableDiffusionXLControlNetImg2ImgPipeline(StableDiffusionXLControlNetPipe
     """Image-to-image generation with SDXL guided by ``prompt`` and one or several ControlNets."""
 
     _preset_name = "controlnet_img2img"
+    _callback_tensor_inputs = [
+        "latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
+        "negative_pooled_prompt_embeds", "add_neg_time_ids", "control_image",
+    ]
+    _callback_renames = {"add_text_embeds": "pooled_prompt_embeds", "add_neg_time_ids": "negative_add_time_ids",
+                         "control_image": "controlnet_cond"}
 
     def __init__(
         self,

@@ -41,7 +41,8 @@ def test_classic_two_adapters_num_images_parity(folders):
     outs = {}
     for name, lib in (("ref", diffusers), ("ours", diffblocks)):
         pipe = _classic(lib, "StableDiffusionXLPipeline", folders["sdxl"])
-        pipe.load_ip_adapter(folders["ip"], subfolder=SUB, weight_name=["ip-adapter-plus.bin", "ip-adapter-2.safetensors"])
+        pipe.load_ip_adapter(folders["ip"], subfolder=SUB,
+                             weight_name=["ip-adapter-plus.bin", "ip-adapter-2.safetensors"])
         pipe.set_ip_adapter_scale([0.7, 0.4])
         outs[name] = np.asarray(pipe("a tiny photo", num_inference_steps=2, num_images_per_prompt=2,
                                      ip_adapter_image=images, output_type="np",

@@ -266,7 +266,8 @@ def _block_scales(unet: nn.Module, config: Dict[str, Any]) -> Dict[str, float]:
                 scales = [scales] * count
             if len(scales) != count:
                 raise ValueError(
-                    f"IP-Adapter scale: {part} block_{i} has {count} attention layers but {len(scales)} scales were given"
+                    f"IP-Adapter scale: {part} block_{i} has {count} attention layers but {len(scales)} scales "
+                    "were given"
                 )
             for j, s in enumerate(scales):
                 out[f"{part}_blocks.{i}.attentions.{j}."] = float(s)
@@ -322,7 +323,9 @@ def encode_image(components: Any, image: Any, device, num_images_per_prompt: int
     if not isinstance(image, torch.Tensor):
         extractor = getattr(components, "feature_extractor", None)
         if extractor is None:
-            raise ValueError("`ip_adapter_image` given as images needs the `feature_extractor` component, which is None.")
+            raise ValueError(
+                "`ip_adapter_image` given as images needs the `feature_extractor` component, which is None."
+            )
         image = extractor(image, return_tensors="pt").pixel_values
     image = image.to(device=device, dtype=dtype)
     if output_hidden_states:

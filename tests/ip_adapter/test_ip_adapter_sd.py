@@ -130,6 +130,13 @@ def test_precomputed_embeds_match_images(folders, ref, ours):
     from_embeds = run(ours, ip_adapter_image_embeds=theirs)
     assert diff(from_image, from_embeds) <= 1e-6
     assert diff(from_embeds, run(ref, ip_adapter_image_embeds=theirs)) <= TOL
+    # two prompts x two images each: the embeds are repeated to every row, like diffusers
+    batched = {name: np.asarray(pipe(["a tiny photo", "another one"], num_images_per_prompt=2, height=32, width=32,
+                                     num_inference_steps=2, ip_adapter_image_embeds=theirs, output_type="np",
+                                     generator=torch.Generator().manual_seed(0)).images)
+               for name, pipe in (("ours", ours), ("ref", ref))}
+    assert batched["ours"].shape == (4, 32, 32, 3)
+    assert diff(batched["ours"], batched["ref"]) <= TOL
     # without guidance the embeds carry no negative half
     plain = ours.prepare_ip_adapter_image_embeds(image, None, torch.device("cpu"), 1, False)
     got = run(ours, ip_adapter_image_embeds=plain, guidance_scale=1.0)

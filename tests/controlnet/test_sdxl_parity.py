@@ -67,3 +67,15 @@ def test_callback_names_match_diffusers(cn_loaded):
                             callback_on_step_end=halve_control, callback_on_step_end_tensor_inputs=names)
     assert_close(ours, theirs)
     assert seen["diffblocks"] == seen["diffusers"] == set(names)
+
+
+@pytest.mark.parametrize("cls_name, extra", [
+    ("StableDiffusionXLControlNetPipeline", dict(image=CONTROL)),
+    ("StableDiffusionXLControlNetInpaintPipeline", dict(image=IMAGE, mask_image=mask(), control_image=CONTROL,
+                                                        strength=0.8)),
+])
+def test_guidance_window_with_denoising_end(cn_loaded, cls_name, extra):
+    # diffusers measures the window on the schedule before `denoising_end` cuts it
+    ours, theirs = run_both(cn_loaded, "sdxl", cls_name, prompt="a cat", num_inference_steps=6, denoising_end=0.6,
+                            control_guidance_start=0.3, control_guidance_end=0.6, **extra)
+    assert_close(ours, theirs)

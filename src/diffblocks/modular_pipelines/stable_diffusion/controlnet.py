@@ -312,9 +312,13 @@ class StableDiffusionControlNetInputStep(ModularPipelineBlocks):
         bs.conditioning_scale = list(scale) if isinstance(scale, (list, tuple)) else scale
         bs.guess_mode = bool(bs.guess_mode) or global_pool_conditions(controlnet)
         bs.control_guidance_start, bs.control_guidance_end = starts, ends
-        bs.controlnet_keep = controlnet_keep(len(bs.timesteps), starts, ends, single=not multi)
+        bs.controlnet_keep = controlnet_keep(self._schedule_length(components, bs), starts, ends, single=not multi)
         self.set_block_state(state, bs)
         return components, state
+
+    def _schedule_length(self, components, bs) -> int:
+        """The number of steps the guidance window is measured against."""
+        return len(bs.timesteps)
 
 
 # ------------------------------------------------------------------------------------------------ loop denoiser

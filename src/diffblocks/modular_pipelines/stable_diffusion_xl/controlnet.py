@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import ComponentSpec
+from .. import ComponentSpec, InputParam
 from ..stable_diffusion.controlnet import (
     StableDiffusionControlNetInputStep,
     StableDiffusionControlNetLoopDenoiser,
@@ -20,6 +20,7 @@ from .denoise import (
     StableDiffusionXLLoopAfterDenoiser,
     StableDiffusionXLLoopBeforeDenoiser,
 )
+from .before_denoise import valid_fraction
 from .encoders import MODEL_NAME
 
 
@@ -29,6 +30,19 @@ class StableDiffusionXLControlNetInputStep(StableDiffusionControlNetInputStep):
     @property
     def expected_components(self) -> List[ComponentSpec]:
         return [controlnet_spec(), control_image_processor_spec()]
+
+    @property
+    def inputs(self) -> List[InputParam]:
+        return super().inputs + [InputParam("denoising_end", type_hint=float)]
+
+    def _schedule_length(self, components, bs) -> int:
+        # with `denoising_end` the window is measured on the schedule before it was cut short (as diffusers does):
+        # the scheduler's timesteps from the first one used
+        if not valid_fraction(bs.denoising_end):
+            return len(bs.timesteps)
+        scheduler = components.scheduler
+        begin = getattr(scheduler, "_begin_index", None) or 0
+        return len(scheduler.timesteps) - begin
 
 
 class StableDiffusionXLControlNetLoopDenoiser(StableDiffusionControlNetLoopDenoiser):

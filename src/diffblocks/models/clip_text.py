@@ -214,8 +214,10 @@ class CLIPTextEmbeddings(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)),
-                             persistent=False)
+        # built on the CPU even under a meta-device context: arange on "meta" goes through a decomposition that
+        # imports sympy (over a second on the first load)
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings, device="cpu")
+                             .expand((1, -1)), persistent=False)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ generator(s), so seeded outputs match pixel for pixel.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -98,7 +99,9 @@ def randn_tensor(
 
 def is_compiled_module(module: object) -> bool:
     """True when ``module`` is the wrapper returned by ``torch.compile``."""
-    dynamo = getattr(torch, "_dynamo", None)
+    # only an imported torch._dynamo can have compiled anything; `torch._dynamo` as an attribute would import it
+    # (seconds) on the first pipeline construction
+    dynamo = sys.modules.get("torch._dynamo")
     if dynamo is None:
         return False
     try:

@@ -92,7 +92,7 @@ class StableDiffusionInputStep(ModularPipelineBlocks):
             InputParam("num_images_per_prompt", type_hint=int, default=1),
             InputParam("prompt_embeds", type_hint=torch.Tensor, required=True),
             InputParam("negative_prompt_embeds", type_hint=torch.Tensor),
-        ]
+        ] + ip_adapter_embeds_inputs()
 
     @property
     def intermediate_outputs(self) -> List[OutputParam]:
@@ -101,10 +101,11 @@ class StableDiffusionInputStep(ModularPipelineBlocks):
             OutputParam("dtype", type_hint=torch.dtype, description="Dtype of the model inputs."),
             OutputParam("prompt_embeds", type_hint=torch.Tensor, kwargs_type=DENOISER_FIELDS),
             OutputParam("negative_prompt_embeds", type_hint=torch.Tensor, kwargs_type=DENOISER_FIELDS),
-        ]
+        ] + ip_adapter_embeds_outputs()
 
     def __call__(self, components, state):
         bs = self.get_block_state(state)
+        check_ip_adapter_embeds(bs)
         n = bs.num_images_per_prompt
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {n!r}.")
@@ -123,6 +124,33 @@ class StableDiffusionInputStep(ModularPipelineBlocks):
             bs.negative_prompt_embeds = npe.repeat_interleave(n, dim=0) if npe is not None else None
         self.set_block_state(state, bs)
         return components, state
+
+
+def ip_adapter_embeds_inputs() -> List[InputParam]:
+    """Precomputed IP-Adapter embeddings a user may pass straight to a modular pipeline (no IP-Adapter step)."""
+    return [
+        InputParam("ip_adapter_embeds", type_hint=list,
+                   description="IP-Adapter image embeddings, one tensor per loaded adapter."),
+        InputParam("negative_ip_adapter_embeds", type_hint=list,
+                   description="Unconditional IP-Adapter image embeddings, one tensor per loaded adapter."),
+    ]
+
+
+def ip_adapter_embeds_outputs() -> List[OutputParam]:
+    """The same embeddings handed on to the denoiser (tagged as denoiser inputs; the denoiser repeats rows)."""
+    return [
+        OutputParam("ip_adapter_embeds", type_hint=list, kwargs_type=DENOISER_FIELDS),
+        OutputParam("negative_ip_adapter_embeds", type_hint=list, kwargs_type=DENOISER_FIELDS),
+    ]
+
+
+def check_ip_adapter_embeds(bs) -> None:
+    for name in ("ip_adapter_embeds", "negative_ip_adapter_embeds"):
+        value = getattr(bs, name, None)
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, torch.Tensor) for v in value):
+            raise ValueError(f"`{name}` must be a list of tensors (one per IP-Adapter), got {_describe(value)}.")
 
 
 def _describe(value: Any) -> str:

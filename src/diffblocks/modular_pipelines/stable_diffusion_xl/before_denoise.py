@@ -14,8 +14,11 @@ from ..stable_diffusion.before_denoise import (
     StableDiffusionImg2ImgPrepareLatentsStep,
     StableDiffusionInpaintPrepareLatentsStep,
     StableDiffusionPrepareLatentsStep,
+    check_ip_adapter_embeds,
     check_strength,
     expand_image_latents,
+    ip_adapter_embeds_inputs,
+    ip_adapter_embeds_outputs,
     retrieve_timesteps,
 )
 from ..stable_diffusion.encoders import DENOISER_FIELDS, execution_device, guider_spec, unet_spec, vae_spec
@@ -57,7 +60,7 @@ class StableDiffusionXLInputStep(ModularPipelineBlocks):
             InputParam("negative_prompt_embeds", type_hint=torch.Tensor),
             InputParam("pooled_prompt_embeds", type_hint=torch.Tensor, required=True),
             InputParam("negative_pooled_prompt_embeds", type_hint=torch.Tensor),
-        ]
+        ] + ip_adapter_embeds_inputs()
 
     @property
     def intermediate_outputs(self) -> List[OutputParam]:
@@ -68,10 +71,11 @@ class StableDiffusionXLInputStep(ModularPipelineBlocks):
             OutputParam("negative_prompt_embeds", type_hint=torch.Tensor, kwargs_type=DENOISER_FIELDS),
             OutputParam("pooled_prompt_embeds", type_hint=torch.Tensor, kwargs_type=DENOISER_FIELDS),
             OutputParam("negative_pooled_prompt_embeds", type_hint=torch.Tensor, kwargs_type=DENOISER_FIELDS),
-        ]
+        ] + ip_adapter_embeds_outputs()
 
     def __call__(self, components, state):
         bs = self.get_block_state(state)
+        check_ip_adapter_embeds(bs)
         n = bs.num_images_per_prompt
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {n!r}.")

@@ -40,7 +40,9 @@ class GuiderBatch:
     """One model call's worth of inputs: fields are attributes; the denoiser stores ``noise_pred`` on it.
 
     ``identifier`` is ``"pred_cond"``, ``"pred_uncond"`` or ``"pred_merged"`` (unconditional rows first, then
-    conditional rows).
+    conditional rows). A merged batch prepared for plain CFG also carries the guidance weight its combine uses
+    (``_cfg_weight``): guidance settings changed between ``prepare_inputs`` and the guider call apply from the
+    next step.
     """
 
     def __init__(self, identifier: str, fields: Dict[str, Any]) -> None:
@@ -49,7 +51,7 @@ class GuiderBatch:
         self.__dict__["noise_pred"] = None
 
     def __repr__(self) -> str:
-        keys = ", ".join(k for k in self.__dict__ if k not in ("identifier", "noise_pred"))
+        keys = ", ".join(k for k in self.__dict__ if k not in ("identifier", "noise_pred", "_cfg_weight"))
         return f"GuiderBatch({self.identifier}: {keys})"
 
 
@@ -191,17 +193,30 @@ class ClassifierFreeGuidance(ConfigMixin):
                 fields[key] = value
                 continue
             cond, uncond = value
+            if cond is uncond and type(cond) is torch.Tensor:
+                # the latents: the same tensor on both sides, a new one every step
+                fields[key] = torch.cat((cond, cond))
+                continue
             hit = cache.get(key)
             # the embeddings are the same objects on every step: concatenate them once per run
-            if hit is not None and hit[0] is cond and hit[1] is uncond and cond is not uncond:
+            if hit is not None and hit[0] is cond and hit[1] is uncond:
                 fields[key] = hit[2]
-                continue
-            merged = _cat_pair(key, cond, uncond)
-            if cond is not uncond:
-                cache[key] = (cond, uncond, merged)
-            fields[key] = merged
+            else:
+                fields[key] = self._merge(key, value, cache)
         self._count_prepared = 2
-        return [GuiderBatch("pred_merged", fields)]
+        batch = GuiderBatch("pred_merged", fields)
+        if self.guidance_rescale == 0.0 and not self.use_original_formulation:
+            # plain CFG: __call__ on this batch is one chunk and one lerp with this weight
+            batch.__dict__["_cfg_weight"] = self.guidance_scale
+        return [batch]
+
+    @staticmethod
+    def _merge(key: str, value: Tuple[Any, Any], cache: Dict[str, Tuple[Any, Any, Any]]) -> Any:
+        cond, uncond = value
+        merged = _cat_pair(key, cond, uncond)
+        if cond is not uncond:
+            cache[key] = (cond, uncond, merged)
+        return merged
 
     def prepare_inputs_from_block_state(self, data: Any, input_fields: Dict[str, Any]) -> List[GuiderBatch]:
         """Like ``prepare_inputs`` with fields named as attributes of ``data``: ``{field: attr | (cond, uncond)}``."""
@@ -225,16 +240,23 @@ class ClassifierFreeGuidance(ConfigMixin):
 
     # ----------------------------------------------------------------------------------------------- combine
     def __call__(self, batches: List[GuiderBatch]) -> GuiderOutput:
+        if len(batches) == 1:
+            batch = batches[0]
+            weight = batch.__dict__.get("_cfg_weight")
+            if weight is not None:
+                # hot path of every CFG step, decided when the batch was prepared: two views and one lerp
+                # kernel. Right after the UNet forward every attribute lookup and call pays cold caches
+                pred_uncond, pred_cond = batch.noise_pred.chunk(2)
+                return tuple.__new__(GuiderOutput, (pred_uncond.lerp(pred_cond, weight), pred_cond, pred_uncond))
+            pred = batch.noise_pred
+            if batch.identifier != "pred_merged":
+                return self.forward(pred)
+            pred_uncond, pred_cond = pred.chunk(2)
+            return self.forward(pred_cond, pred_uncond)
         if not batches:
             raise ValueError("`batches` must hold at least one batch with a `noise_pred`.")
-        if len(batches) == 1 and batches[0].identifier != "pred_merged":
-            return self.forward(batches[0].noise_pred)
-        if len(batches) == 1:
-            pred_uncond, pred_cond = batches[0].noise_pred.chunk(2)
-        else:
-            preds = {b.identifier: b.noise_pred for b in batches}
-            pred_cond, pred_uncond = preds["pred_cond"], preds["pred_uncond"]
-        return self.forward(pred_cond, pred_uncond)
+        preds = {b.identifier: b.noise_pred for b in batches}
+        return self.forward(preds["pred_cond"], preds["pred_uncond"])
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: Optional[torch.Tensor] = None) -> GuiderOutput:
         """Combine branch predictions; with guidance off (or no ``pred_uncond``) the conditional one is returned."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ from .scheduling_utils import (
 logger = logging.getLogger(__name__)
 
 EulerDiscreteSchedulerOutput = SchedulerOutputWithX0
+
+_F32 = torch.float32
 
 _SCALE_WARNING = (
     "The `scale_model_input` function should be called before `step` to ensure correct denoising. "
@@ -67,6 +69,7 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
 
     _compatibles = list(KARRAS_COMPATIBLES)
     order = 1
+    _fast_plan = None  # (config dict it was built for, _epsilon_plan()) once an epsilon step has run
 
     @register_to_config
     def __init__(
@@ -117,6 +120,17 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
     def _set_sigmas(self, sigmas: torch.Tensor) -> None:
         self.sigmas = sigmas.to("cpu")
         self._sigma_values = self.sigmas.tolist()
+        self._fast_plan = None
+
+    def _epsilon_plan(self) -> List[Optional[Tuple[float, float]]]:
+        """Per step index, ``(-sigma, sigma_next - sigma)`` when a churn-free epsilon step folds into one add
+        (see ``step``), else None. Built once per schedule so a step reads two ready floats."""
+        values = self._sigma_values
+        plan = []
+        for sigma, sigma_next in zip(values[:-1], values[1:]):
+            fused = sigma * sigma + 1.0 <= 16.0 * (sigma_next * sigma_next + 1.0)
+            plan.append((-sigma, sigma_next - sigma) if fused else None)
+        return plan
 
     def set_timesteps(
         self,
@@ -194,10 +208,30 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
     ):
         """Move ``sample`` from this step's sigma to the next one with one Euler step."""
-        # hot path: Python-float scalars, no per-step tensor creation, at most three tensor kernels for epsilon
+        # Right after a UNet forward every line of Python and every distinct kernel touched pays cold caches: the
+        # common case (epsilon, float32, no churn, index known) reads two ready floats and runs two `add` kernels
+        i = self._step_index
+        fast = self._fast_plan
+        if (
+            fast is not None
+            and i is not None
+            and not s_churn
+            and fast[0] is self._internal_dict
+            and self.is_scale_input_called
+            and type(timestep) is not int
+            and sample.dtype is _F32
+            and model_output.dtype is _F32
+        ):
+            entry = fast[1][i]
+            if entry is not None and (not isinstance(timestep, torch.Tensor) or timestep.is_floating_point()):
+                x0 = sample.add(model_output, alpha=entry[0])
+                prev = sample.add(model_output, alpha=entry[1])
+                self._step_index = i + 1
+                if not return_dict:
+                    return (prev, x0)
+                return SchedulerOutputWithX0(prev_sample=prev, pred_original_sample=x0)
         if type(timestep) is int or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
             reject_integer_timestep(timestep, type(self).__name__)
-        values = self._sigma_values
         if self.num_inference_steps is None:
             raise not_ready_error()
         if not self.is_scale_input_called:
@@ -206,7 +240,9 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         if i is None:
             self._init_step_index(timestep)
             i = self._step_index
+        values = self._sigma_values
         sigma = values[i]
+        sigma_next = values[i + 1]
         if s_churn and s_tmin <= sigma <= s_tmax:
             gamma = min(s_churn / (len(values) - 1), 2**0.5 - 1)
         else:
@@ -218,24 +254,25 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         if gamma > 0:
             noise = draw_noise(model_output, generator)
             sample = sample + noise * (s_noise * (sigma_hat**2 - sigma**2) ** 0.5)
-        dt = values[i + 1] - sigma_hat
+        dt = sigma_next - sigma_hat
         kind = self._internal_dict["prediction_type"]
         if kind == "epsilon":
-            x0 = torch.add(sample, model_output, alpha=-sigma_hat)
+            if fast is None or fast[0] is not self._internal_dict:
+                self._fast_plan = (self._internal_dict, self._epsilon_plan())
+            x0 = sample.add(model_output, alpha=-sigma_hat)
         else:
             x0 = x0_from_output(kind, model_output, sample, sigma, type(self).__name__)
         # slope measured through x0 (not taken as the raw output) so huge sigmas round as in diffusers
-        sigma_next = values[i + 1]
         if sigma_hat * sigma_hat + 1.0 <= 16.0 * (sigma_next * sigma_next + 1.0):
             # the result keeps at least a quarter of the sample's scale, so folding
             # (sample - x0) / sigma_hat * dt into one scaled add only moves last-bit rounding (the loop parity
             # tests hold it to 1e-6). Only `add` kernels (a - b == add(a, b, alpha=-1) exactly): right after a UNet
             # call every distinct kernel pays a cold-cache start, so fewer kernel types are measurably cheaper
-            if kind == "epsilon" and model_output.dtype == torch.float32:
+            if kind == "epsilon" and out_dtype == torch.float32:
                 # (sample - x0) / sigma_hat is the prediction itself up to the rounding of sample's scale
-                prev = torch.add(sample, model_output, alpha=dt)
+                prev = sample.add(model_output, alpha=dt)
             else:
-                prev = torch.add(sample, torch.add(sample, x0, alpha=-1.0), alpha=dt / sigma_hat)
+                prev = sample.add(sample.add(x0, alpha=-1.0), alpha=dt / sigma_hat)
         else:
             # a large drop in noise level (e.g. the first step of a zero-SNR schedule) cancels most of the
             # sample: keep the reference's operation order so the rounding matches

@@ -420,6 +420,9 @@ class SchedulerMixin:
         return self.config.num_train_timesteps
 
 
+_F32 = torch.float32
+
+
 class SigmaIndexMixin:
     """Step bookkeeping of the schedulers that walk a ``sigmas`` array (Euler, Heun, LMS, KDPM2, ...).
 
@@ -429,6 +432,8 @@ class SigmaIndexMixin:
 
     _step_index: Optional[int] = None
     _begin_index: Optional[int] = None
+    #: sigma -> sqrt(sigma**2 + 1) as a float32 0-d tensor (the instance gets its own dict on first use)
+    _scale_divisors: Dict[float, torch.Tensor] = {}
 
     @property
     def step_index(self) -> Optional[int]:
@@ -503,7 +508,23 @@ class SigmaIndexMixin:
             self._init_step_index(timestep)
         sigma = self._current_sigma_for_scaling()
         self.is_scale_input_called = True
+        if sample.dtype is _F32 and sample.is_cpu:
+            # dividing by a ready float32 0-d tensor gives the same numbers as dividing by the Python float (the
+            # kernel reads both as one float32 scalar) but skips wrapping a new scalar tensor on every call, the
+            # costliest part of this call right after a UNet forward has flushed the caches (float16/bfloat16
+            # would round alike too; they keep the plain path, rare on CPU)
+            divisor = self._scale_divisors.get(sigma)
+            if divisor is None:
+                divisor = self._scale_divisor(sigma)
+            return sample.div(divisor)
         return sample / ((sigma**2 + 1) ** 0.5)
+
+    def _scale_divisor(self, sigma: float) -> torch.Tensor:
+        divisors = self.__dict__.get("_scale_divisors")
+        if divisors is None or len(divisors) >= 4096:
+            divisors = self._scale_divisors = {}
+        divisor = divisors[sigma] = torch.tensor((sigma**2 + 1) ** 0.5, dtype=torch.float32)
+        return divisor
 
 
 class AlphaNoiseMixin:

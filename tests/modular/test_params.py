@@ -146,6 +146,19 @@ def test_component_spec_from_component(tmp_path):
         ComponentSpec.from_component("guider", PlainGuider())
 
 
+def test_component_spec_from_processor_object():
+    # transformers' image processors have no `config`; they describe themselves with to_dict()
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.CLIPImageProcessor(size=32, crop_size=32)
+    spec = ComponentSpec.from_component("feature_extractor", processor)
+    assert spec.default_creation_method == "from_config"
+    assert spec.type_hint is type(processor)
+    rebuilt = spec.create()
+    assert type(rebuilt) is type(processor)
+    assert rebuilt.to_dict()["crop_size"] == processor.to_dict()["crop_size"]
+    assert rebuilt.to_dict()["size"] == processor.to_dict()["size"]
+
+
 def test_load_id_compat_attribute():
     m = TinyModel()
     m._diffblocks_load_id = "a|b|null|null"

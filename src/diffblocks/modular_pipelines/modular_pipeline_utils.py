@@ -422,6 +422,14 @@ class ComponentSpec:
                 "created with `ComponentSpec.load()`: its checkpoint is unknown."
             )
         config = getattr(component, "config", None)
+        if config is None and callable(getattr(component, "to_dict", None)) and not isinstance(component, dict):
+            # transformers' processors and tokenizer-like objects describe themselves with ``to_dict()``
+            try:
+                described = component.to_dict()
+            except Exception:  # pragma: no cover - an object whose to_dict needs arguments
+                described = None
+            if isinstance(described, dict):
+                config = {k: v for k, v in described.items() if not k.startswith("_") and k != "image_processor_type"}
         if config is not None and (isinstance(config, dict) or hasattr(config, "items")):
             if load_id is None:
                 logger.warning(

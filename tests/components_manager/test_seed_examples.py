@@ -312,11 +312,12 @@ def test_shared_table_two_collections_standalone(caplog):
 
 
 def test_additional_info_lists_lora_adapters():
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     comp = ComponentsManager()
     unet = tiny_clip_text_model()
-    unet.add_adapter(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), adapter_name="toy_face")
+    # peft's own injection (what our LoRA loader does), independent of transformers' peft integration
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), unet, adapter_name="toy_face")
     uid = comp.add("unet", unet, collection="t2i")
     comp.add("text_encoder", tiny_clip_text_model(seed=1), collection="t2i")
     text = repr(comp)

@@ -123,7 +123,11 @@ def test_add_tokens_matches_transformers(folders):
     assert len(ours) == len(ref)
     for text in ["a <cat-toy> on a <Cat-Toy>", "sks dog", "asksb", "<CAT-TOY>!", "<|endoftext|><cat-toy>"]:
         assert ours(text).input_ids == ref(text).input_ids, text
-    assert ours.convert_tokens_to_ids("<Cat-Toy>") == len(ours) - 2
+    assert ours.convert_tokens_to_ids("<Cat-Toy>") == ref.convert_tokens_to_ids("<Cat-Toy>") == len(ours) - 2
+    assert ours.convert_ids_to_tokens([len(ours) - 2]) == ref.convert_ids_to_tokens([len(ours) - 2]) == ["<cat-toy>"]
+    ids = ref("a <Cat-Toy> sks").input_ids
+    assert ours.decode(ids) == ref.decode(ids) and ours.decode(ids, skip_special_tokens=True) == \
+        ref.decode(ids, skip_special_tokens=True)
 
 
 def test_save_both_ways(folders, tmp_path):

@@ -238,9 +238,9 @@ class CLIPTokenizer:
 
     def _register(self, added: _Added) -> None:
         self._added[added.content] = added
-        self.decoder.setdefault(added.id, added.content)
         if added.content not in self.encoder:
-            self.decoder[added.id] = added.content
+            # tokens matched on normalised text read back normalised (as transformers' backend returns them)
+            self.decoder[added.id] = _normalize(added.content) if added.normalized else added.content
         self._matcher = None
 
     def __len__(self) -> int:

@@ -205,3 +205,20 @@ def test_diffusers_saved_multi_loads_and_from_pipe(cn_loaded, tmp_path):
     assert plain.unet is ours.unet and "controlnet" not in plain.components
     again = diffblocks.StableDiffusionControlNetImg2ImgPipeline.from_pipe(plain, controlnet=ours.controlnet)
     assert again.controlnet is ours.controlnet and again.vae is ours.vae
+
+
+def test_auto_pipeline_plain_folder_with_controlnet(tmp_path, cn_loaded):
+    from diffblocks import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+    from tests.fixtures.tiny import build_tiny_sd_folder
+
+    folder = build_tiny_sd_folder(str(tmp_path / "sd"))
+    cn = cn_loaded("ours", "sd").controlnet
+    for auto, name in ((AutoPipelineForText2Image, "StableDiffusionControlNetPipeline"),
+                       (AutoPipelineForImage2Image, "StableDiffusionControlNetImg2ImgPipeline"),
+                       (AutoPipelineForInpainting, "StableDiffusionControlNetInpaintPipeline")):
+        pipe = auto.from_pretrained(folder, controlnet=cn)
+        assert type(pipe).__name__ == name and pipe.controlnet is cn
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="a cat", image=IMAGE, mask_image=mask(), control_image=CONTROL, num_inference_steps=1,
+               output_type="np").images
+    assert out.shape == (1, 32, 32, 3)

@@ -222,3 +222,25 @@ def test_auto_pipeline_plain_folder_with_controlnet(tmp_path, cn_loaded):
     out = pipe(prompt="a cat", image=IMAGE, mask_image=mask(), control_image=CONTROL, num_inference_steps=1,
                output_type="np").images
     assert out.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("name", [
+    "StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline",
+    "StableDiffusionControlNetInpaintPipeline", "StableDiffusionXLControlNetPipeline",
+    "StableDiffusionXLControlNetImg2ImgPipeline", "StableDiffusionXLControlNetInpaintPipeline",
+])
+def test_signatures_and_class_attributes_match_diffusers(name):
+    import inspect
+
+    import diffusers
+
+    import diffblocks
+
+    ours, theirs = getattr(diffblocks, name), getattr(diffusers, name)
+    for method in ("__init__", "__call__"):
+        a = [(k, p.default) for k, p in inspect.signature(getattr(ours, method)).parameters.items()]
+        b = [(k, p.default) for k, p in inspect.signature(getattr(theirs, method)).parameters.items()]
+        assert a == b, method
+    assert sorted(ours._optional_components) == sorted(theirs._optional_components)
+    assert ours.model_cpu_offload_seq == theirs.model_cpu_offload_seq
+    assert ours._callback_tensor_inputs == theirs._callback_tensor_inputs

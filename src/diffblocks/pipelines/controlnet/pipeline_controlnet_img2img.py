@@ -12,6 +12,7 @@ class StableDiffusionControlNetImg2ImgPipeline(StableDiffusionControlNetPipeline
     """Image-to-image generation guided by ``prompt`` and one or several ControlNets (``control_image``)."""
 
     _preset_name = "controlnet_img2img"
+    model_cpu_offload_seq = "text_encoder->unet->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "control_image"]
     _callback_renames = {"control_image": "controlnet_cond"}
 

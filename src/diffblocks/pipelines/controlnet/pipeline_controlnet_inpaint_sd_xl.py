@@ -13,6 +13,7 @@ class StableDiffusionXLControlNetInpaintPipeline(StableDiffusionXLControlNetImg2
     """Repaint the white area of ``mask_image`` in ``image`` with SDXL, guided by ``prompt`` and ControlNet(s)."""
 
     _preset_name = "controlnet_inpaint"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _callback_tensor_inputs = [
         "latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
         "negative_pooled_prompt_embeds", "add_neg_time_ids", "mask", "masked_image_latents", "control_image",

@@ -97,3 +97,23 @@ def test_callback_sees_and_replaces_the_control_image(cn_loaded, cls_name, name,
     untouched, _ = run_both(cn_loaded, "sd", cls_name, prompt="a cat", num_inference_steps=3, **extra)
     effect = float(np.abs(untouched - ours).max())
     assert effect > 1e-4 and effect > 20 * parity
+
+
+def test_inpaint_padding_mask_crop(cn_loaded):
+    from tests.controlnet._helpers import as_np, make
+
+    import torch
+
+    small = np.zeros((32, 32), dtype=np.uint8)
+    small[4:12, 6:14] = 255
+    import PIL.Image
+
+    kw = dict(prompt="a cat", image=IMAGE, mask_image=PIL.Image.fromarray(small), control_image=CONTROL,
+              padding_mask_crop=2, num_inference_steps=2, output_type="pil")
+    out = {}
+    for which in ("theirs", "ours"):
+        pipe = make(cn_loaded, which, "sd", "StableDiffusionControlNetInpaintPipeline")
+        out[which] = as_np(pipe(generator=torch.Generator().manual_seed(0), **kw).images)
+    assert out["ours"].shape == (1, 32, 32, 3)
+    # PIL output rounds to 1/255: allow one step
+    assert float(np.abs(out["ours"] - out["theirs"]).max()) <= 1.0 / 255 + 1e-6

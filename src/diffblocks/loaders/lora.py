@@ -646,6 +646,152 @@ def _remove_lora_layers(model: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------------------------------------------
+
+
+def get_lora_state_dict(model: nn.Module, adapter_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The LoRA weights of one adapter of ``model``, keyed like peft's ``get_peft_model_state_dict``.
+
+    Keys are ``<module>.lora_A.weight`` / ``lora_B.weight`` (plus ``lora_B.bias`` and DoRA's
+    ``lora_magnitude_vector.weight`` when present), without the adapter name, ready for ``save_lora_weights``.
+    ``adapter_name`` may be left out when the model holds a single adapter.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    adapters = _model_adapters(model)
+    if not adapters:
+        raise ValueError(f"{type(model).__name__} has no LoRA adapter loaded")
+    if adapter_name is None:
+        if len(adapters) > 1:
+            raise ValueError(f"`adapter_name` is required: {type(model).__name__} holds several adapters {adapters}")
+        adapter_name = adapters[0]
+    if adapter_name not in adapters:
+        raise ValueError(f"Adapter {adapter_name!r} is not loaded in {type(model).__name__}; loaded: {adapters}")
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out: Dict[str, torch.Tensor] = {}
+    for name, layer in model.named_modules():
+        if BaseTunerLayer not in type(layer).__mro__ or adapter_name not in getattr(layer, "lora_A", {}):
+            continue
+        out[f"{name}.lora_A.weight"] = layer.lora_A[adapter_name].weight.detach()
+        up = layer.lora_B[adapter_name]
+        out[f"{name}.lora_B.weight"] = up.weight.detach()
+        if getattr(up, "bias", None) is not None:
+            out[f"{name}.lora_B.bias"] = up.bias.detach()
+        magnitude = getattr(layer, "lora_magnitude_vector", {})
+        if adapter_name in magnitude:
+            out[f"{name}.lora_magnitude_vector.weight"] = magnitude[adapter_name].weight.detach()
+    return out
+
+
+def get_lora_adapter_metadata(model: nn.Module, adapter_name: Optional[str] = None) -> Dict[str, Any]:
+    """The peft ``LoraConfig`` of one adapter as a plain dict (what ``*_lora_adapter_metadata`` expects).
+
+    Module names in ``target_modules`` and the rank/alpha patterns are written without a leading ``text_model.``.
+    """
+    adapters = _model_adapters(model)
+    if adapter_name is None and len(adapters) == 1:
+        adapter_name = adapters[0]
+    if adapter_name not in adapters:
+        raise ValueError(f"Adapter {adapter_name!r} is not loaded in {type(model).__name__}; loaded: {adapters}")
+    config = model.peft_config[adapter_name].to_dict()
+    out = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+    def relative(name: str) -> str:
+        # peft matches these names as suffixes; without the CLIP `text_model.` level they match the module names
+        # of transformers 4 and 5 CLIP models (and ours) alike
+        return name[len("text_model."):] if name.startswith("text_model.") else name
+
+    if isinstance(out.get("target_modules"), list):
+        out["target_modules"] = sorted(relative(n) for n in out["target_modules"])
+    for key in ("rank_pattern", "alpha_pattern"):
+        if isinstance(out.get(key), dict):
+            out[key] = {relative(n): v for n, v in out[key].items()}
+    return out
+
+
+def _layers_state_dict(layers: Any, argument: str) -> Dict[str, torch.Tensor]:
+    if isinstance(layers, nn.Module):
+        layers = layers.state_dict()
+    if not isinstance(layers, dict):
+        raise TypeError(f"`{argument}` must be a dict of tensors or an nn.Module, got {type(layers).__name__}")
+    bad = [k for k, v in layers.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise TypeError(f"`{argument}` must map names to tensors; bad entries: {bad[:5]}")
+    return layers
+
+
+def write_lora_weights(
+    save_directory: Union[str, os.PathLike],
+    lora_layers: Dict[str, Any],
+    lora_metadata: Optional[Dict[str, Optional[Dict[str, Any]]]] = None,
+    weight_name: Optional[str] = None,
+    safe_serialization: bool = True,
+    is_main_process: bool = True,
+    save_function: Optional[Any] = None,
+) -> Optional[str]:
+    """Write ``{component: layers}`` as one LoRA file with ``<component>.`` key prefixes; returns its path.
+
+    The file is written to a temporary name in ``save_directory`` and moved into place, so an interrupted save
+    never leaves a partial file under the final name.
+    """
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"`save_directory` must be a path, got {type(save_directory).__name__}")
+    save_directory = os.fspath(save_directory)
+    if os.path.isfile(save_directory):
+        raise ValueError(f"`save_directory` ({save_directory}) should be a directory, not a file")
+    state_dict: Dict[str, torch.Tensor] = {}
+    for component, layers in lora_layers.items():
+        for key, value in _layers_state_dict(layers, f"{component}_lora_layers").items():
+            state_dict[f"{component}.{key}"] = value.detach().contiguous()
+    if not state_dict:
+        raise ValueError("the LoRA layers to save are empty")
+    metadata: Dict[str, Any] = {}
+    for component, meta in (lora_metadata or {}).items():
+        if meta:
+            if not isinstance(meta, dict):
+                raise TypeError(f"`{component}_lora_adapter_metadata` must be a dict, got {type(meta).__name__}")
+            metadata.update({f"{component}.{k}": (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()})
+    if metadata and not safe_serialization:
+        raise ValueError("`lora_adapter_metadata` cannot be specified when not using `safe_serialization`.")
+    if weight_name is None:
+        weight_name = LORA_WEIGHT_NAME_SAFE if safe_serialization else LORA_WEIGHT_NAME
+    if not isinstance(weight_name, str) or not weight_name or os.sep in weight_name:
+        raise ValueError(f"`weight_name` must be a plain file name, got {weight_name!r}")
+    if not is_main_process:
+        return None
+    os.makedirs(save_directory, exist_ok=True)
+    path = os.path.join(save_directory, weight_name)
+    import tempfile
+
+    from ..utils.fs import normal_file_permissions
+
+    handle, tmp = tempfile.mkstemp(prefix=f".{weight_name}.", suffix=".tmp", dir=save_directory)
+    os.close(handle)
+    try:
+        if save_function is not None:
+            save_function(state_dict, tmp)
+        elif safe_serialization:
+            from safetensors.torch import save_file
+
+            file_meta = {"format": "pt"}
+            if metadata:
+                file_meta[LORA_ADAPTER_METADATA_KEY] = json.dumps(metadata, indent=2, sort_keys=True)
+            save_file(state_dict, tmp, metadata=file_meta)
+        else:
+            torch.save(state_dict, tmp)
+        normal_file_permissions(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    logger.info("LoRA weights saved in %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the pipeline mixin
 # --------------------------------------------------------------------------------------------------------------
 
@@ -988,8 +1134,63 @@ class StableDiffusionLoraLoaderMixin(LoraLoaderMixin):
 
     _lora_loadable_modules = _LoadableModules(["unet", "text_encoder"])
 
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: Union[str, os.PathLike],
+        unet_lora_layers: Optional[Dict[str, torch.Tensor]] = None,
+        text_encoder_lora_layers: Optional[Dict[str, torch.Tensor]] = None,
+        is_main_process: bool = True,
+        weight_name: Optional[str] = None,
+        save_function: Optional[Any] = None,
+        safe_serialization: bool = True,
+        unet_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+        text_encoder_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+    ) -> Optional[str]:
+        """Save UNet / text-encoder LoRA layers (e.g. from :func:`get_lora_state_dict`) in the diffusers layout.
+
+        Keys get ``unet.`` / ``text_encoder.`` prefixes; the file is ``pytorch_lora_weights.safetensors`` (or
+        ``.bin`` without safetensors) unless ``weight_name`` says otherwise.  Returns the written path.
+        """
+        layers = {name: value for name, value in (("unet", unet_lora_layers),
+                                                  ("text_encoder", text_encoder_lora_layers)) if value}
+        if not layers:
+            raise ValueError("You must pass at least one of `unet_lora_layers` or `text_encoder_lora_layers`.")
+        metadata = {"unet": unet_lora_adapter_metadata, "text_encoder": text_encoder_lora_adapter_metadata}
+        return write_lora_weights(save_directory, layers, {k: v for k, v in metadata.items() if k in layers},
+                                  weight_name, safe_serialization, is_main_process, save_function)
+
 
 class StableDiffusionXLLoraLoaderMixin(LoraLoaderMixin):
     """LoRA for SDXL pipelines (``unet``, ``text_encoder``, ``text_encoder_2``)."""
 
     _lora_loadable_modules = _LoadableModules(["unet", "text_encoder", "text_encoder_2"])
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: Union[str, os.PathLike],
+        unet_lora_layers: Optional[Dict[str, torch.Tensor]] = None,
+        text_encoder_lora_layers: Optional[Dict[str, torch.Tensor]] = None,
+        text_encoder_2_lora_layers: Optional[Dict[str, torch.Tensor]] = None,
+        is_main_process: bool = True,
+        weight_name: Optional[str] = None,
+        save_function: Optional[Any] = None,
+        safe_serialization: bool = True,
+        unet_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+        text_encoder_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+        text_encoder_2_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+    ) -> Optional[str]:
+        """SDXL variant of :meth:`StableDiffusionLoraLoaderMixin.save_lora_weights` (adds ``text_encoder_2.``)."""
+        layers = {name: value for name, value in (("unet", unet_lora_layers),
+                                                  ("text_encoder", text_encoder_lora_layers),
+                                                  ("text_encoder_2", text_encoder_2_lora_layers)) if value}
+        if not layers:
+            raise ValueError(
+                "You must pass at least one of `unet_lora_layers`, `text_encoder_lora_layers` or "
+                "`text_encoder_2_lora_layers`."
+            )
+        metadata = {"unet": unet_lora_adapter_metadata, "text_encoder": text_encoder_lora_adapter_metadata,
+                    "text_encoder_2": text_encoder_2_lora_adapter_metadata}
+        return write_lora_weights(save_directory, layers, {k: v for k, v in metadata.items() if k in layers},
+                                  weight_name, safe_serialization, is_main_process, save_function)

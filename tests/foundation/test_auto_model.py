@@ -33,7 +33,8 @@ def tinynet_registered(monkeypatch):
 
 
 def test_transformers_text_encoder_under_subfolder(te_folder):
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    # folders naming transformers' CLIP text encoders load diffblocks' own classes (same weights, same outputs)
+    from diffblocks.models.clip_text import CLIPTextModel, CLIPTextModelWithProjection
 
     te = AutoModel.from_pretrained(te_folder, subfolder="text_encoder")
     assert type(te) is CLIPTextModel

@@ -646,6 +646,78 @@ def _remove_lora_layers(model: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# block-wise UNet scales
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"LoRA scale for {where} must be a number, got {value!r}")
+    return float(value)
+
+
+def expand_unet_block_scales(unet: nn.Module, scales: Dict[str, Any], default: float = 1.0) -> Dict[str, float]:
+    """``{"down": ..., "mid": ..., "up": ...}`` -> a scale per UNet attention block (``down_blocks.1.attentions.0``).
+
+    ``down``/``up`` take a number (every transformer of that half), or ``{"block_<i>": number | [per transformer]}``
+    for the blocks that have attentions (``layers_per_block`` transformers per down block, one more per up block);
+    ``mid`` takes a number (or a one-element list).  Anything left out keeps ``default``.
+    """
+    if not isinstance(scales, dict):
+        raise TypeError(f"block-wise LoRA scales must be a dict, got {type(scales).__name__}")
+    unknown = sorted(set(scales) - {"down", "mid", "up"})
+    if unknown:
+        raise ValueError(f"block-wise LoRA scales take the keys 'down', 'mid' and 'up'; got {unknown}")
+    layers = getattr(getattr(unet, "config", None), "layers_per_block", None)
+    out: Dict[str, float] = {}
+    mid = scales.get("mid", default)
+    if isinstance(mid, (list, tuple)):
+        if len(mid) != 1:
+            raise ValueError(f"Expected 1 scales for mid, got {len(mid)}.")
+        mid = mid[0]
+    out["mid_block.attentions.0"] = _number(mid, "mid")
+    for half in ("up", "down"):
+        blocks = getattr(unet, f"{half}_blocks", None) or []
+        with_attention = [i for i, block in enumerate(blocks) if hasattr(block, "attentions")]
+        value = scales.get(half, default)
+        if not isinstance(value, dict):
+            value = {f"block_{i}": value for i in with_attention}
+        wrong = sorted(set(value) - {f"block_{i}" for i in with_attention})
+        if wrong:
+            raise ValueError(
+                f"Can't set lora scale for {half} blocks {wrong}: this unet's {half} blocks with attentions are "
+                f"{[f'block_{i}' for i in with_attention]}"
+            )
+        for i in with_attention:
+            per = layers[i] if isinstance(layers, (list, tuple)) else layers
+            if per is None:
+                per = len(blocks[i].attentions) - (1 if half == "up" else 0)
+            count = int(per) + (1 if half == "up" else 0)
+            block_value = value.get(f"block_{i}", default)
+            if not isinstance(block_value, (list, tuple)):
+                block_value = [block_value] * count
+            elif len(block_value) == 1:
+                block_value = list(block_value) * count
+            elif len(block_value) != count:
+                raise ValueError(f"Expected {count} scales for {half}.block_{i}, got {len(block_value)}.")
+            for j, v in enumerate(block_value):
+                out[f"{half}_blocks.{i}.attentions.{j}"] = _number(v, f"{half}.block_{i}[{j}]")
+    return out
+
+
+def _block_scale(scales: Dict[str, float], module_name: str) -> float:
+    for prefix, value in scales.items():
+        if module_name == prefix or module_name.startswith(prefix + "."):
+            return value
+    # like diffusers: a LoRA layer outside the attention blocks (e.g. a resnet conv) takes the scale of the attention
+    # with the same block and layer index, else 1.0
+    parts = module_name.split(".")
+    if len(parts) >= 4:
+        return scales.get(f"{parts[0]}.{parts[1]}.attentions.{parts[3]}", 1.0)
+    return 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # saving
 # --------------------------------------------------------------------------------------------------------------
 
@@ -971,26 +1043,38 @@ class LoraLoaderMixin:
             else:
                 for component in models:
                     per_component[component][name] = weight
+        # work out every layer's scale first, so that a bad weight changes nothing
+        settings: List[Tuple[nn.Module, List[str], Dict[str, Any]]] = []
         for component, model in models.items():
             present = _model_adapters(model)
             names = [n for n in adapter_names if n in present]
             if not present:
                 continue
-            weights = {}
+            weights: Dict[str, Any] = {}
             for n in names:
                 w = per_component[component][n]
                 w = 1.0 if w is None else w
                 if isinstance(w, dict):
-                    raise ValueError(
-                        f"block-wise LoRA weights for {component!r} are not supported; got {w!r} for adapter {n!r}"
-                    )
-                if not isinstance(w, (int, float)):
+                    if component != "unet":
+                        raise ValueError(
+                            f"block-wise LoRA weights are only supported for the unet; got {w!r} for {component!r} "
+                            f"(adapter {n!r})"
+                        )
+                    weights[n] = expand_unet_block_scales(model, w)
+                    continue
+                if not isinstance(w, (int, float)) or isinstance(w, bool):
                     raise TypeError(f"adapter weight for {n!r} must be a number, got {type(w).__name__}")
                 weights[n] = float(w)
-            for layer in _tuner_layers(model):
+            settings.append((model, names, weights))
+        for model, names, weights in settings:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module_name, layer in model.named_modules():
+                if BaseTunerLayer not in type(layer).__mro__:
+                    continue
                 layer.set_adapter(names)
                 for n, w in weights.items():
-                    layer.set_scale(n, w)
+                    layer.set_scale(n, _block_scale(w, module_name) if isinstance(w, dict) else w)
 
     def disable_lora(self) -> None:
         """Turn every LoRA layer off (the adapters stay loaded)."""

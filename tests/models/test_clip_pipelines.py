@@ -108,3 +108,18 @@ def test_text_to_image_does_not_import_transformers_or_heavy_modules(tiny_sd_fol
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LEAKED []" in result.stdout, result.stdout
+
+
+def test_our_saved_sdxl_folder_loads_in_diffusers_same_image(tiny_sdxl_folder, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    import diffblocks
+
+    ours = diffblocks.StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
+    ours.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "text_encoder_2" / "config.json").read_text())
+    assert config["architectures"] == ["CLIPTextModelWithProjection"]
+    theirs = diffusers.StableDiffusionXLPipeline.from_pretrained(tmp_path / "saved")
+    assert type(theirs.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert type(theirs.text_encoder_2).__module__.startswith("transformers")
+    a, b = _image(ours, clip_skip=1), _image(theirs, clip_skip=1)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4

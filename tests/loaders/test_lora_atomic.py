@@ -100,3 +100,17 @@ def test_last_loaded_adapter_is_the_active_one_and_base_is_frozen(pipe):
     assert lora_params and not any(p.requires_grad for n, p in pipe.unet.named_parameters() if "lora_" not in n)
     pipe.unload_lora_weights()
     assert pipe.get_list_adapters() == {}
+
+
+def test_metadata_not_covering_the_weights_is_refused_cleanly(pipe):
+    from diffblocks.loaders.lora import inject_lora_plan, plan_lora_for_model
+
+    snap = _snapshot(pipe)
+    sd = make_lora(pipe, "peft", seed=7, with_te=False)
+    names = sorted({k.rsplit(".lora_", 1)[0][len("unet."):] for k in sd})
+    unet_sd = {k[len("unet."):]: v for k, v in sd.items()}
+    plan = plan_lora_for_model(pipe.unet, unet_sd, metadata={"r": 4, "lora_alpha": 4, "target_modules": names[:1]},
+                               adapter_name="meta", component="unet")
+    with pytest.raises(ValueError, match=r"does not target '.*', which the weights name"):
+        inject_lora_plan(plan)
+    _assert_same(pipe, snap)

@@ -564,6 +564,11 @@ def inject_lora_plan(plan: _LoraPlan) -> str:
         with torch.no_grad():
             for target, params in plan.weights.items():
                 layer = model.get_submodule(target)
+                if adapter_name not in getattr(layer, "lora_A", {}):
+                    raise ValueError(
+                        f"the LoRA config (adapter metadata) of {plan.component} does not target {target!r}, which "
+                        f"the weights name; target_modules: {plan.config.target_modules!r}"
+                    )
                 for kind, value in params.items():
                     param = _lora_parameter(layer, kind, adapter_name)
                     if param.shape != value.shape:

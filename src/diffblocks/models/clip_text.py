@@ -588,7 +588,7 @@ class _CLIPTextBase(ModelMixin):
                                   ignore_mismatched_sizes=False)
         del state_dict
         model._init_non_persistent_buffers()
-        model.config.dtype = str(target_dtype).replace("torch.", "")
+        model.config.dtype = target_dtype  # a torch.dtype, as transformers' configs hold it (written as a string)
         model.config.__dict__.pop("torch_dtype", None)
         if device_map is not None:
             from .modeling_utils import _check_device_map
@@ -635,7 +635,7 @@ class _CLIPTextBase(ModelMixin):
         config = copy.deepcopy(self.config)
         config.architectures = [type(self).__name__]
         config.__dict__.pop("torch_dtype", None)
-        config.dtype = str(self.dtype).replace("torch.", "")
+        config.dtype = self.dtype
         target = os.path.abspath(save_directory)
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)

@@ -96,6 +96,14 @@ def test_known_ids_and_output_forms(folders):
     assert len(tok("a cat " * 50, max_length=10).input_ids) == 10
     assert tok.encode("a cat") == tok("a cat").input_ids
     assert pt.to("cpu") is pt
+    left = tok("a cat", padding="max_length", max_length=6, padding_side="left").input_ids
+    assert left[:2] == [tok.pad_token_id] * 2 and left[2:] == single_ids("a cat", tok)
+    with pytest.raises(ValueError, match="padding_side"):
+        tok("a", padding=True, padding_side="middle")
+
+
+def single_ids(text, tok):
+    return tok(text).input_ids
 
 
 def test_errors(folders, tmp_path):

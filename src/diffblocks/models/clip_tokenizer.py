@@ -452,8 +452,11 @@ class CLIPTokenizer:
         """
         if text_pair is not None:
             raise ValueError("`text_pair` is not supported by diffblocks' CLIPTokenizer")
+        side = kwargs.pop("padding_side", None) or self.padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"`padding_side` must be 'right' or 'left', got {side!r}")
         unknown = set(kwargs) - {"return_token_type_ids", "return_overflowing_tokens", "return_special_tokens_mask",
-                                 "return_offsets_mapping", "stride", "is_split_into_words", "padding_side"}
+                                 "return_offsets_mapping", "stride", "is_split_into_words"}
         if unknown:
             raise TypeError(f"CLIPTokenizer.__call__ got unexpected keyword arguments {sorted(unknown)}")
         if isinstance(text, str):
@@ -517,8 +520,12 @@ class CLIPTokenizer:
             for r, m in zip(rows, masks):
                 missing = target - len(r)
                 if missing > 0:
-                    r.extend([pad] * missing)
-                    m.extend([0] * missing)
+                    if side == "right":
+                        r.extend([pad] * missing)
+                        m.extend([0] * missing)
+                    else:
+                        r[:0] = [pad] * missing
+                        m[:0] = [0] * missing
         result = BatchEncoding()
         if return_tensors == "pt":
             import torch

@@ -31,7 +31,7 @@ LORA_FILE = "lora_kohya.safetensors"
 CASES = [
     {"name": "lora_load_first_image_ms", "unit": "ms", "target": 1.0, "impls": ["diffblocks", "diffusers"],
      "description": "load_lora_weights (kohya file, UNet attention + text encoder, rank 4) + first image "
-                    "(tiny SD, 2 steps, 32x32), pipeline already loaded."},
+                    "(tiny SD, 2 steps, 32x32), pipeline already loaded, peft imported."},
     {"name": "lora_fuse_ms", "unit": "ms", "target": 1.0, "impls": ["diffblocks", "diffusers"],
      "description": "fuse_lora(lora_scale=0.8) on the tiny SD pipeline with one LoRA loaded."},
     {"name": "lora_cold_first_image_ms", "unit": "ms", "target": 1.0, "impls": ["diffblocks", "diffusers"],

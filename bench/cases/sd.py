@@ -11,6 +11,12 @@ process that an installed package (like the diffusers it is compared with) does 
 * ``sd_step_overhead``: per denoising step, the time spent outside the UNet forward (CFG batching, scheduler
   step, loop bookkeeping, callbacks, progress bar): the gap between the end of one ``unet.forward`` and the start
   of the next, median over 5 calls of 21 steps (after a warm-up call) in the same process.
+  "UNet time" is the body of ``forward`` only (patched on the instance, the same way for both libraries); the
+  ``nn.Module.__call__`` dispatch around it (the same torch code for both) counts as pipeline overhead. Both
+  pipelines do the same work per step: one UNet call at batch 2 (CFG on), EulerDiscrete, latent output, no
+  callback, progress bar disabled. Most of the gap is cache misses: the UNet call evicts the loop's code and data
+  (and, on a loaded machine, the process is often descheduled during it), so each distinct op and Python call
+  after it costs several times its warm price; the ``_stub_unet`` case shows the warm cost.
 
 ``python bench/cases/sd.py --list`` / ``--case NAME --impl IMPL`` (protocol: see ``bench/run.py``).
 """

@@ -55,6 +55,15 @@ class GuiderBatch:
         return f"GuiderBatch({self.identifier}: {keys})"
 
 
+def _merged_batch(fields: Dict[str, Any]) -> GuiderBatch:
+    # GuiderBatch("pred_merged", fields) without the __init__ frame and the dict copy (once per denoising step)
+    batch = object.__new__(GuiderBatch)
+    fields["identifier"] = "pred_merged"
+    fields["noise_pred"] = None
+    batch.__dict__ = fields
+    return batch
+
+
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0):
     """Pull the guided prediction's per-sample std back towards the conditional one (arXiv 2305.08891, eq. 15-16).
 
@@ -204,11 +213,10 @@ class ClassifierFreeGuidance(ConfigMixin):
             else:
                 fields[key] = self._merge(key, value, cache)
         self._count_prepared = 2
-        batch = GuiderBatch("pred_merged", fields)
         if self.guidance_rescale == 0.0 and not self.use_original_formulation:
             # plain CFG: __call__ on this batch is one chunk and one lerp with this weight
-            batch.__dict__["_cfg_weight"] = self.guidance_scale
-        return [batch]
+            fields["_cfg_weight"] = self.guidance_scale
+        return [_merged_batch(fields)]
 
     @staticmethod
     def _merge(key: str, value: Tuple[Any, Any], cache: Dict[str, Tuple[Any, Any, Any]]) -> Any:

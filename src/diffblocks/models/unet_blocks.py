@@ -29,6 +29,60 @@ def _run(module: nn.Module, checkpointing: bool, *args: Any) -> Any:
     return module(*args)
 
 
+def _resnet_transformer_pairs(
+    in_channels: Sequence[int],
+    out_channels: int,
+    temb_channels: Optional[int],
+    transformer_layers: Sequence[int],
+    *,
+    dropout: float,
+    resnet_eps: float,
+    resnet_time_scale_shift: str,
+    resnet_act_fn: str,
+    resnet_groups: int,
+    num_attention_heads: int,
+    cross_attention_dim: int,
+    output_scale_factor: float,
+    use_linear_projection: bool,
+    only_cross_attention: bool,
+    upcast_attention: bool,
+    resnet_skip_time_act: bool,
+) -> Tuple[nn.ModuleList, nn.ModuleList]:
+    """``(attentions, resnets)`` of a cross-attention down/up block: layer ``i`` is a resnet from ``in_channels[i]``
+    to ``out_channels`` followed by a spatial transformer with ``transformer_layers[i]`` blocks (built in that
+    order, like diffusers, so seeded initialisation matches)."""
+    resnets, attentions = [], []
+    for cin, layers in zip(in_channels, transformer_layers):
+        resnets.append(
+            ResnetBlock2D(
+                in_channels=cin,
+                out_channels=out_channels,
+                temb_channels=temb_channels,
+                eps=resnet_eps,
+                groups=resnet_groups,
+                dropout=dropout,
+                time_embedding_norm=resnet_time_scale_shift,
+                non_linearity=resnet_act_fn,
+                output_scale_factor=output_scale_factor,
+                skip_time_act=resnet_skip_time_act,
+            )
+        )
+        attentions.append(
+            Transformer2DModel(
+                num_attention_heads,
+                out_channels // num_attention_heads,
+                in_channels=out_channels,
+                num_layers=layers,
+                cross_attention_dim=cross_attention_dim,
+                norm_num_groups=resnet_groups,
+                use_linear_projection=use_linear_projection,
+                only_cross_attention=only_cross_attention,
+                upcast_attention=upcast_attention,
+            )
+        )
+    return nn.ModuleList(attentions), nn.ModuleList(resnets)
+
+
 def _fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
     """Scale the ``2*threshold`` lowest spatial frequencies of ``x`` by ``scale`` (computed in float32)."""
     freq = torch.fft.fftshift(torch.fft.fftn(x.to(torch.float32), dim=(-2, -1)), dim=(-2, -1))
@@ -155,39 +209,24 @@ class CrossAttnDownBlock2D(_CheckpointFlag):
     ):
         super().__init__()
         self.num_attention_heads = num_attention_heads
-        layers = _per_layer(transformer_layers_per_block, num_layers)
-        resnets = []
-        attentions = []
-        for i in range(num_layers):
-            resnets.append(
-                ResnetBlock2D(
-                    in_channels=in_channels if i == 0 else out_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    time_embedding_norm=resnet_time_scale_shift,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                    skip_time_act=resnet_skip_time_act,
-                )
-            )
-            attentions.append(
-                Transformer2DModel(
-                    num_attention_heads,
-                    out_channels // num_attention_heads,
-                    in_channels=out_channels,
-                    num_layers=layers[i],
-                    cross_attention_dim=cross_attention_dim,
-                    norm_num_groups=resnet_groups,
-                    use_linear_projection=use_linear_projection,
-                    only_cross_attention=only_cross_attention,
-                    upcast_attention=upcast_attention,
-                )
-            )
-        self.attentions = nn.ModuleList(attentions)
-        self.resnets = nn.ModuleList(resnets)
+        self.attentions, self.resnets = _resnet_transformer_pairs(
+            [in_channels] + [out_channels] * (num_layers - 1),
+            out_channels,
+            temb_channels,
+            _per_layer(transformer_layers_per_block, num_layers),
+            dropout=dropout,
+            resnet_eps=resnet_eps,
+            resnet_time_scale_shift=resnet_time_scale_shift,
+            resnet_act_fn=resnet_act_fn,
+            resnet_groups=resnet_groups,
+            num_attention_heads=num_attention_heads,
+            cross_attention_dim=cross_attention_dim,
+            output_scale_factor=output_scale_factor,
+            use_linear_projection=use_linear_projection,
+            only_cross_attention=only_cross_attention,
+            upcast_attention=upcast_attention,
+            resnet_skip_time_act=resnet_skip_time_act,
+        )
         self.downsamplers = (
             nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding)])
             if add_downsample
@@ -486,39 +525,24 @@ class CrossAttnUpBlock2D(_FreeUMixin, _CheckpointFlag):
     ):
         super().__init__()
         self.num_attention_heads = num_attention_heads
-        layers = _per_layer(transformer_layers_per_block, num_layers)
-        resnets = []
-        attentions = []
-        for i in range(num_layers):
-            resnets.append(
-                ResnetBlock2D(
-                    in_channels=_up_resnet_channels(i, num_layers, in_channels, out_channels, prev_output_channel),
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    time_embedding_norm=resnet_time_scale_shift,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                    skip_time_act=resnet_skip_time_act,
-                )
-            )
-            attentions.append(
-                Transformer2DModel(
-                    num_attention_heads,
-                    out_channels // num_attention_heads,
-                    in_channels=out_channels,
-                    num_layers=layers[i],
-                    cross_attention_dim=cross_attention_dim,
-                    norm_num_groups=resnet_groups,
-                    use_linear_projection=use_linear_projection,
-                    only_cross_attention=only_cross_attention,
-                    upcast_attention=upcast_attention,
-                )
-            )
-        self.attentions = nn.ModuleList(attentions)
-        self.resnets = nn.ModuleList(resnets)
+        self.attentions, self.resnets = _resnet_transformer_pairs(
+            [_up_resnet_channels(i, num_layers, in_channels, out_channels, prev_output_channel) for i in range(num_layers)],
+            out_channels,
+            temb_channels,
+            _per_layer(transformer_layers_per_block, num_layers),
+            dropout=dropout,
+            resnet_eps=resnet_eps,
+            resnet_time_scale_shift=resnet_time_scale_shift,
+            resnet_act_fn=resnet_act_fn,
+            resnet_groups=resnet_groups,
+            num_attention_heads=num_attention_heads,
+            cross_attention_dim=cross_attention_dim,
+            output_scale_factor=output_scale_factor,
+            use_linear_projection=use_linear_projection,
+            only_cross_attention=only_cross_attention,
+            upcast_attention=upcast_attention,
+            resnet_skip_time_act=resnet_skip_time_act,
+        )
         self.upsamplers = (
             nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
         )

@@ -107,24 +107,25 @@ def test_two_pipelines_share_everything(hub_cache, caplog):
         assert rule_lengths(text) == rule_lengths(SEED_UNET_ONLY)
 
     pipe.load_default_components(cache_dir=hub_cache)
-    # the auto blocks' ControlNet branch expects a `controlnet` the folder does not have (diffusers lists it too)
-    assert pipe.null_component_names == ["controlnet"]
+    # the auto blocks' IP-Adapter and ControlNet branches expect an `image_encoder` and a `controlnet` the folder
+    # does not have (diffusers lists them too)
+    assert pipe.null_component_names == ["image_encoder", "controlnet"]
     registered = dict(comp.components)
     # every loaded from_pretrained component is registered under test1, nothing else
-    loaded_names = [n for n in pipe.pretrained_component_names if n != "controlnet"]
+    loaded_names = [n for n in pipe.pretrained_component_names if n not in ("image_encoder", "controlnet")]
     assert sorted(comp._id_to_name(i) for i in registered) == sorted(loaded_names)
     assert all(comp.collections["test1"] == set(registered) for _ in [0])
 
     pipe2 = ModularPipeline.from_pretrained(REPO, components_manager=comp, collection="test2", cache_dir=hub_cache)
     assert sorted(pipe2.null_component_names) == sorted(pipe.pretrained_component_names)
-    needed = [n for n in pipe2.null_component_names if n != "controlnet"]
+    needed = [n for n in pipe2.null_component_names if n not in ("image_encoder", "controlnet")]
     comp_dict = comp.get_components_by_names(names=needed)
     caplog.clear()
     pipe2.update_components(**comp_dict)
     assert cm_warnings(caplog) == [
         f"ComponentsManager: component '{n}' already exists as '{n}_{id(getattr(pipe, n))}'" for n in needed
     ]
-    assert pipe2.null_component_names == ["controlnet"]
+    assert pipe2.null_component_names == ["image_encoder", "controlnet"]
     assert dict(comp.components) == registered  # no new registrations
     for n in needed:
         assert getattr(pipe2, n) is getattr(pipe, n)
@@ -186,10 +187,11 @@ def test_t2i_refiner_workflow_with_auto_offload(tiny_sd_folder, refiner_folder):
     decoder_node = decoder_blocks.init_pipeline(t2i_repo, components_manager=components)
     t2i_pipe = t2i_blocks.init_pipeline(t2i_repo, components_manager=components)
     t2i_loader_pipe.load_components()
-    assert t2i_loader_pipe.null_component_names == ["controlnet"]  # the auto blocks' ControlNet branch
+    # the auto blocks' IP-Adapter and ControlNet branches
+    assert t2i_loader_pipe.null_component_names == ["image_encoder", "controlnet"]
     assert {components._id_to_name(i) for i in components.collections["t2i"]} == set(
         t2i_loader_pipe.pretrained_component_names
-    ) - {"controlnet"}
+    ) - {"image_encoder", "controlnet"}
 
     vae = components.get_one(load_id=f"{t2i_repo}|vae|null|null")
     assert vae is t2i_loader_pipe.vae

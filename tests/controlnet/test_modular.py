@@ -96,11 +96,9 @@ def test_sdxl_auto_pipeline_lists_controlnet_as_null(cn_folders):
 def test_seed_modular_demo_auto_null_component_names():
     """The seed's "modular-demo-auto" pipeline: SDXL auto blocks with ControlNet and the IP-Adapter step 2nd."""
     from diffblocks.modular_pipelines.stable_diffusion_xl import StableDiffusionXLAutoBlocks
-    from diffblocks.modular_pipelines.stable_diffusion_xl.ip_adapter import IP_ADAPTER_BLOCKS
 
     blocks = StableDiffusionXLAutoBlocks()
-    if "ip_adapter" not in blocks.sub_blocks:  # until the lead wires it into AUTO_BLOCKS
-        blocks.sub_blocks.insert("ip_adapter", IP_ADAPTER_BLOCKS["ip_adapter"](), 1)
+    assert list(blocks.sub_blocks) == ["text_encoder", "ip_adapter", "vae_encoder", "denoise", "decode"]
     pipe = blocks.init_pipeline()
     assert pipe.null_component_names == ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2',
                                          'image_encoder', 'unet', 'vae', 'scheduler', 'controlnet']

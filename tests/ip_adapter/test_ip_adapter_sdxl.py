@@ -84,8 +84,7 @@ def _modular_ip_pipeline(folders, family):
         from diffblocks.modular_pipelines.stable_diffusion_xl.ip_adapter import IP_ADAPTER_BLOCKS
 
         blocks = StableDiffusionXLAutoBlocks()
-        if "ip_adapter" not in blocks.sub_blocks:
-            blocks.sub_blocks.insert("ip_adapter", IP_ADAPTER_BLOCKS["ip_adapter"](), 1)
+        assert type(blocks.sub_blocks["ip_adapter"]) is IP_ADAPTER_BLOCKS["ip_adapter"]
         names = [p.name for p in blocks.inputs]
         # the image input comes right after the text encoder's inputs
         assert names[names.index("clip_skip") + 1] == "ip_adapter_image"

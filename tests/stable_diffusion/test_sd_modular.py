@@ -33,8 +33,12 @@ def test_modular_class_and_blocks(modular):
     assert type(pipe) is StableDiffusionModularPipeline
     assert type(pipe.blocks).__name__ == "StableDiffusionAutoBlocks"
     assert pipe.vae_scale_factor == 2 and pipe.default_height == 64 and pipe.num_channels_unet == 4
-    assert pipe.blocks.available_workflows == ["text2image", "image2image", "inpainting", "controlnet_text2image",
-                                               "controlnet_image2image", "controlnet_inpainting"]
+    base = ["text2image", "image2image", "inpainting", "controlnet_text2image", "controlnet_image2image",
+            "controlnet_inpainting"]
+    assert pipe.blocks.available_workflows == base + [f"ip_adapter_{w}" for w in base]
+    ip_t2i = pipe.blocks.get_workflow("ip_adapter_text2image")
+    assert list(ip_t2i.sub_blocks)[:2] == ["text_encoder", "ip_adapter"]
+    assert "ip_adapter" not in pipe.blocks.get_workflow("text2image").sub_blocks
     inpaint = pipe.blocks.get_workflow("inpainting")
     assert [type(b).__name__ for b in inpaint.sub_blocks.values()] == [
         "StableDiffusionTextEncoderStep", "StableDiffusionInpaintVaeEncoderStep", "StableDiffusionInputStep",
@@ -71,7 +75,7 @@ def test_presets_are_classes_and_build(sd_folders):
     from diffblocks.modular_pipelines.stable_diffusion import ALL_BLOCKS
 
     assert set(ALL_BLOCKS) == {"text2img", "img2img", "inpaint", "controlnet", "controlnet_img2img",
-                               "controlnet_inpaint", "auto"}
+                               "controlnet_inpaint", "ip_adapter", "auto"}
     assert all(isinstance(v, type) for preset in ALL_BLOCKS.values() for v in preset.values())
     blocks = SequentialPipelineBlocks.from_blocks_dict(ALL_BLOCKS["text2img"])
     names = [p.name for p in blocks.inputs]

@@ -165,7 +165,7 @@ def test_presets_are_classes_and_not_mutated():
     from diffblocks.modular_pipelines.stable_diffusion_xl import ALL_BLOCKS
 
     assert set(ALL_BLOCKS) == {"text2img", "img2img", "inpaint", "controlnet", "controlnet_img2img",
-                               "controlnet_inpaint", "auto"}
+                               "controlnet_inpaint", "ip_adapter", "auto"}
     assert list(ALL_BLOCKS["img2img"])[:2] == ["text_encoder", "image_encoder"]
     for preset in ALL_BLOCKS.values():
         assert all(isinstance(v, type) for v in preset.values())

@@ -29,6 +29,7 @@ from .encoders import (
     StableDiffusionTextEncoderStep,
     StableDiffusionVaeEncoderStep,
 )
+from .ip_adapter import IP_ADAPTER_BLOCKS, StableDiffusionAutoIPAdapterStep
 
 
 class StableDiffusionBeforeDenoiseStep(SequentialPipelineBlocks):
@@ -147,11 +148,12 @@ class StableDiffusionCoreDenoiseStep(SequentialPipelineBlocks):
 class StableDiffusionAutoBlocks(SequentialPipelineBlocks):
     block_classes = [
         StableDiffusionTextEncoderStep,
+        StableDiffusionAutoIPAdapterStep,
         StableDiffusionAutoVaeEncoderStep,
         StableDiffusionCoreDenoiseStep,
         StableDiffusionAutoDecodeStep,
     ]
-    block_names = ["text_encoder", "vae_encoder", "denoise", "decode"]
+    block_names = ["text_encoder", "ip_adapter", "vae_encoder", "denoise", "decode"]
     _workflow_map = {
         "text2image": {"prompt": True},
         "image2image": {"prompt": True, "image": True},
@@ -159,12 +161,29 @@ class StableDiffusionAutoBlocks(SequentialPipelineBlocks):
         "controlnet_text2image": {"prompt": True, "control_image": True},
         "controlnet_image2image": {"prompt": True, "image": True, "control_image": True},
         "controlnet_inpainting": {"prompt": True, "image": True, "mask_image": True, "control_image": True},
+        "ip_adapter_text2image": {"ip_adapter_image": True, "prompt": True},
+        "ip_adapter_image2image": {"ip_adapter_image": True, "prompt": True, "image": True},
+        "ip_adapter_inpainting": {"ip_adapter_image": True, "prompt": True, "image": True, "mask_image": True},
+        "ip_adapter_controlnet_text2image": {"ip_adapter_image": True, "prompt": True, "control_image": True},
+        "ip_adapter_controlnet_image2image": {
+            "ip_adapter_image": True,
+            "prompt": True,
+            "image": True,
+            "control_image": True,
+        },
+        "ip_adapter_controlnet_inpainting": {
+            "ip_adapter_image": True,
+            "prompt": True,
+            "image": True,
+            "mask_image": True,
+            "control_image": True,
+        },
     }
 
     @property
     def description(self) -> str:
         return ("Auto modular pipeline for text-to-image, image-to-image, inpainting and ControlNet tasks with Stable "
-                "Diffusion 1.x/2.x.")
+                "Diffusion 1.x/2.x, with an optional IP-Adapter image prompt (`ip_adapter_image`).")
 
     @property
     def outputs(self):
@@ -247,6 +266,7 @@ CONTROLNET_INPAINT_BLOCKS = InsertableDict(
 AUTO_BLOCKS = InsertableDict(
     [
         ("text_encoder", StableDiffusionTextEncoderStep),
+        ("ip_adapter", StableDiffusionAutoIPAdapterStep),
         ("vae_encoder", StableDiffusionAutoVaeEncoderStep),
         ("denoise", StableDiffusionCoreDenoiseStep),
         ("decode", StableDiffusionAutoDecodeStep),
@@ -260,6 +280,7 @@ ALL_BLOCKS = {
     "controlnet": CONTROLNET_BLOCKS,
     "controlnet_img2img": CONTROLNET_IMAGE2IMAGE_BLOCKS,
     "controlnet_inpaint": CONTROLNET_INPAINT_BLOCKS,
+    "ip_adapter": IP_ADAPTER_BLOCKS,
     "auto": AUTO_BLOCKS,
 }
 

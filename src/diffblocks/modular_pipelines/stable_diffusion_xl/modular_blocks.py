@@ -31,6 +31,7 @@ from .encoders import (
     StableDiffusionXLTextEncoderStep,
     StableDiffusionXLVaeEncoderStep,
 )
+from .ip_adapter import IP_ADAPTER_BLOCKS, StableDiffusionXLAutoIPAdapterStep
 
 
 class StableDiffusionXLBeforeDenoiseStep(SequentialPipelineBlocks):
@@ -140,11 +141,12 @@ class StableDiffusionXLCoreDenoiseStep(SequentialPipelineBlocks):
 class StableDiffusionXLAutoBlocks(SequentialPipelineBlocks):
     block_classes = [
         StableDiffusionXLTextEncoderStep,
+        StableDiffusionXLAutoIPAdapterStep,
         StableDiffusionXLAutoVaeEncoderStep,
         StableDiffusionXLCoreDenoiseStep,
         StableDiffusionXLAutoDecodeStep,
     ]
-    block_names = ["text_encoder", "vae_encoder", "denoise", "decode"]
+    block_names = ["text_encoder", "ip_adapter", "vae_encoder", "denoise", "decode"]
     _workflow_map = {
         "text2image": {"prompt": True},
         "image2image": {"prompt": True, "image": True},
@@ -152,12 +154,29 @@ class StableDiffusionXLAutoBlocks(SequentialPipelineBlocks):
         "controlnet_text2image": {"prompt": True, "control_image": True},
         "controlnet_image2image": {"prompt": True, "control_image": True, "image": True},
         "controlnet_inpainting": {"prompt": True, "control_image": True, "mask_image": True, "image": True},
+        "ip_adapter_text2image": {"ip_adapter_image": True, "prompt": True},
+        "ip_adapter_image2image": {"ip_adapter_image": True, "prompt": True, "image": True},
+        "ip_adapter_inpainting": {"ip_adapter_image": True, "prompt": True, "mask_image": True, "image": True},
+        "ip_adapter_controlnet_text2image": {"ip_adapter_image": True, "prompt": True, "control_image": True},
+        "ip_adapter_controlnet_image2image": {
+            "ip_adapter_image": True,
+            "prompt": True,
+            "control_image": True,
+            "image": True,
+        },
+        "ip_adapter_controlnet_inpainting": {
+            "ip_adapter_image": True,
+            "prompt": True,
+            "control_image": True,
+            "mask_image": True,
+            "image": True,
+        },
     }
 
     @property
     def description(self) -> str:
         return ("Auto Modular pipeline for text-to-image, image-to-image, inpainting, and controlnet tasks using "
-                "Stable Diffusion XL.")
+                "Stable Diffusion XL, with an optional IP-Adapter image prompt (`ip_adapter_image`).")
 
     @property
     def outputs(self):
@@ -246,6 +265,7 @@ CONTROLNET_INPAINT_BLOCKS = InsertableDict(
 AUTO_BLOCKS = InsertableDict(
     [
         ("text_encoder", StableDiffusionXLTextEncoderStep),
+        ("ip_adapter", StableDiffusionXLAutoIPAdapterStep),
         ("vae_encoder", StableDiffusionXLAutoVaeEncoderStep),
         ("denoise", StableDiffusionXLCoreDenoiseStep),
         ("decode", StableDiffusionXLAutoDecodeStep),
@@ -259,5 +279,6 @@ ALL_BLOCKS = {
     "controlnet": CONTROLNET_BLOCKS,
     "controlnet_img2img": CONTROLNET_IMAGE2IMAGE_BLOCKS,
     "controlnet_inpaint": CONTROLNET_INPAINT_BLOCKS,
+    "ip_adapter": IP_ADAPTER_BLOCKS,
     "auto": AUTO_BLOCKS,
 }

@@ -111,15 +111,41 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def merge_previous(rows: List[Dict[str, Any]], path: str) -> List[Dict[str, Any]]:
-    """With ``--only``: keep the previous run's rows for the cases that were not measured this time."""
+def rows_from_markdown(path: str) -> List[Dict[str, Any]]:
+    """The rows of a RESULTS.md written earlier, kept verbatim (``raw``) with their case descriptions."""
     try:
         with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
+            text = f.read()
+    except OSError:
+        return []
+    descriptions = {}
+    for line in text.splitlines():
+        if line.startswith("- **") and "**: " in line:
+            key, desc = line[4:].split("**: ", 1)
+            descriptions[key] = desc
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) != 11 or cells[0] in ("area", "") or cells[0].startswith("---"):
+            continue
+        rows.append({"area": cells[0], "name": cells[1], "raw": line,
+                     "description": descriptions.get(f"{cells[0]}/{cells[1]}")})
+    return rows
+
+
+def merge_previous(rows: List[Dict[str, Any]], path: str, markdown: Optional[str] = None) -> List[Dict[str, Any]]:
+    """With ``--only``: keep the previous run's rows for the cases that were not measured this time, from
+    ``results.json`` and, for cases it lacks (a fresh checkout has no results.json), from the markdown file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            previous = [r for r in json.load(f) if isinstance(r, dict)]
     except (OSError, json.JSONDecodeError):
-        return rows
+        previous = []
+    known = {(r.get("area"), r.get("name")) for r in previous}
+    if markdown is not None:
+        previous += [r for r in rows_from_markdown(markdown) if (r["area"], r["name"]) not in known]
     fresh = {(r["area"], r["name"]) for r in rows}
-    kept = [r for r in previous if isinstance(r, dict) and (r.get("area"), r.get("name")) not in fresh]
+    kept = [r for r in previous if (r.get("area"), r.get("name")) not in fresh]
     return sorted(kept + rows, key=lambda r: (r["area"], r["name"]))
 
 
@@ -165,6 +191,9 @@ def write_results(path: str, rows: List[Dict[str, Any]], info: Dict[str, str], r
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "raw" in r:  # a row kept from an earlier RESULTS.md
+            lines.append(r["raw"])
+            continue
         ours, ref = r["stats"][0], r["stats"][1] if len(r["stats"]) > 1 else None
         ratio = r.get("ratio")
         target = r.get("target")
@@ -243,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "errors": errors, "values": values, "measured": _now()})
     if args.list:
         return 0
-    rows = merge_previous(rows, os.path.join(WORK_DIR, "results.json")) if args.only else rows
+    rows = merge_previous(rows, os.path.join(WORK_DIR, "results.json"), args.out) if args.only else rows
     write_results(args.out, rows, machine_info(), args.repeat)
     with open(os.path.join(WORK_DIR, "results.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2, default=str)

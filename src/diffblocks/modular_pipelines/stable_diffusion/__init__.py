@@ -33,6 +33,7 @@ from .encoders import (
     StableDiffusionVaeEncoderStep,
     encode_prompt,
 )
+from .ip_adapter import IP_ADAPTER_BLOCKS, StableDiffusionAutoIPAdapterStep, StableDiffusionIPAdapterStep
 from .modular_blocks import (
     ALL_BLOCKS,
     AUTO_BLOCKS,

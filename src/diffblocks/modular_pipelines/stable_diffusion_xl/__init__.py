@@ -34,6 +34,7 @@ from .encoders import (
     StableDiffusionXLVaeEncoderStep,
     encode_prompt_xl,
 )
+from .ip_adapter import IP_ADAPTER_BLOCKS, StableDiffusionXLAutoIPAdapterStep, StableDiffusionXLIPAdapterStep
 from .modular_blocks import (
     ALL_BLOCKS,
     AUTO_BLOCKS,

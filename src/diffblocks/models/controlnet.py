@@ -17,10 +17,9 @@ from torch import nn
 
 from ..configuration import ConfigMixin, register_to_config
 from .attention import AttentionProcessorMixin, scale_lora_layers, split_lora_scale, unscale_lora_layers
-from .embeddings import TimestepEmbedding, Timesteps
 from .modeling_utils import ModelMixin
 from .outputs import BaseOutput
-from .unet_2d_condition import _expand, timesteps_for_batch
+from .unet_2d_condition import _ConditioningEmbeddings, _expand
 from .unet_blocks import UNetMidBlock2D, UNetMidBlock2DCrossAttn, get_down_block
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class ControlNetConditioningEmbedding(nn.Module):
         return self.conv_out(h)
 
 
-class ControlNetModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
+class ControlNetModel(ModelMixin, _ConditioningEmbeddings, AttentionProcessorMixin, ConfigMixin):
     """ControlNet for Stable Diffusion 1.x/2.x and SDXL (``addition_embed_type="text_time"``)."""
 
     config_name = "config.json"
@@ -156,40 +155,26 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
         c0 = block_out_channels[0]
         time_embed_dim = c0 * 4
         self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=3, padding=1)
-        self.time_proj = Timesteps(c0, flip_sin_to_cos, freq_shift)
-        self.time_embedding = TimestepEmbedding(c0, time_embed_dim, act_fn=act_fn)
-
-        if encoder_hid_dim_type is None and encoder_hid_dim is not None:
-            encoder_hid_dim_type = "text_proj"
-            self.register_to_config(encoder_hid_dim_type=encoder_hid_dim_type)
-        if encoder_hid_dim_type == "text_proj":
-            if encoder_hid_dim is None:
-                raise ValueError("`encoder_hid_dim` has to be defined when `encoder_hid_dim_type` is set to 'text_proj'.")
-            self.encoder_hid_proj = nn.Linear(encoder_hid_dim, cross_attention_dim)
-        else:
-            self.encoder_hid_proj = None
-
-        if class_embed_type is None and num_class_embeds is not None:
-            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
-        elif class_embed_type == "timestep":
-            self.class_embedding = TimestepEmbedding(c0, time_embed_dim)
-        elif class_embed_type == "identity":
-            self.class_embedding = nn.Identity()
-        elif class_embed_type == "projection":
-            if projection_class_embeddings_input_dim is None:
-                raise ValueError("`class_embed_type`: 'projection' requires `projection_class_embeddings_input_dim` be set")
-            self.class_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
-        else:
-            self.class_embedding = None
-
-        if addition_embed_type == "text_time":
-            if addition_time_embed_dim is None or projection_class_embeddings_input_dim is None:
-                raise ValueError(
-                    "`addition_embed_type='text_time'` needs `addition_time_embed_dim` and "
-                    "`projection_class_embeddings_input_dim` to be set"
-                )
-            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
-            self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+        # same submodules as the UNet's (names, order); like diffusers' ControlNet, the "timestep" class
+        # embedding always uses SiLU and there is no time_cond_proj / post-activation
+        self._build_embeddings(
+            c0,
+            time_embed_dim,
+            flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift,
+            act_fn=act_fn,
+            timestep_post_act=None,
+            time_cond_proj_dim=None,
+            encoder_hid_dim=encoder_hid_dim,
+            encoder_hid_dim_type=encoder_hid_dim_type,
+            encoder_hid_out_dim=cross_attention_dim,
+            class_embed_type=class_embed_type,
+            class_act_fn="silu",
+            num_class_embeds=num_class_embeds,
+            projection_class_embeddings_input_dim=projection_class_embeddings_input_dim,
+            addition_embed_type=addition_embed_type,
+            addition_time_embed_dim=addition_time_embed_dim,
+        )
 
         self.controlnet_cond_embedding = ControlNetConditioningEmbedding(
             conditioning_embedding_channels=c0,
@@ -406,25 +391,13 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
             attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
 
         # 1. time (+ class, + SDXL micro-conditioning)
-        t_emb = self.time_proj(timesteps_for_batch(timestep, sample)).to(dtype=sample.dtype)
-        emb = self.time_embedding(t_emb, timestep_cond)
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("class_labels should be provided when num_class_embeds > 0")
-            if config.class_embed_type == "timestep":
-                class_labels = self.time_proj(class_labels)
-            emb = emb + self.class_embedding(class_labels).to(dtype=self.dtype)
-        if config.addition_embed_type == "text_time":
-            added_cond_kwargs = added_cond_kwargs or {}
-            for key in ("text_embeds", "time_ids"):
-                if key not in added_cond_kwargs:
-                    raise ValueError(
-                        f"{self.__class__} has the config param `addition_embed_type` set to 'text_time' which requires "
-                        f"the keyword argument `{key}` to be passed in `added_cond_kwargs`"
-                    )
-            text_embeds = added_cond_kwargs["text_embeds"]
-            time_embeds = self.add_time_proj(added_cond_kwargs["time_ids"].flatten()).reshape((text_embeds.shape[0], -1))
-            emb = emb + self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
+        emb = self.time_embedding(self.get_time_embed(sample, timestep), timestep_cond)
+        class_emb = self.get_class_embed(sample, class_labels)
+        if class_emb is not None:
+            emb = emb + class_emb
+        aug_emb = self.get_aug_embed(emb, encoder_hidden_states, added_cond_kwargs)
+        if aug_emb is not None:
+            emb = emb + aug_emb
 
         # 2. input + conditioning image
         sample = self.conv_in(sample) + self.controlnet_cond_embedding(controlnet_cond)

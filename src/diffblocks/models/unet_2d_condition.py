@@ -78,7 +78,107 @@ def timesteps_for_batch(timestep: Any, sample: torch.Tensor) -> torch.Tensor:
     return t.expand(batch)
 
 
-class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
+class _ConditioningEmbeddings:
+    """Time, class and SDXL text-time embeddings (and the text ``encoder_hid_proj``), shared by
+    :class:`UNet2DConditionModel` and ``ControlNetModel``: same submodule names, built in the same order."""
+
+    def _build_embeddings(
+        self,
+        c0: int,
+        time_embed_dim: int,
+        *,
+        flip_sin_to_cos: bool,
+        freq_shift: int,
+        act_fn: str,
+        timestep_post_act: Optional[str],
+        time_cond_proj_dim: Optional[int],
+        encoder_hid_dim: Optional[int],
+        encoder_hid_dim_type: Optional[str],
+        encoder_hid_out_dim: int,
+        class_embed_type: Optional[str],
+        class_act_fn: str,
+        num_class_embeds: Optional[int],
+        projection_class_embeddings_input_dim: Optional[int],
+        addition_embed_type: Optional[str],
+        addition_time_embed_dim: Optional[int],
+    ) -> None:
+        self.time_proj = Timesteps(c0, flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(
+            c0, time_embed_dim, act_fn=act_fn, post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim
+        )
+
+        if encoder_hid_dim_type is None and encoder_hid_dim is not None:
+            encoder_hid_dim_type = "text_proj"
+            self.register_to_config(encoder_hid_dim_type=encoder_hid_dim_type)
+        if encoder_hid_dim_type == "text_proj":
+            if encoder_hid_dim is None:
+                raise ValueError("`encoder_hid_dim` has to be defined when `encoder_hid_dim_type` is set to 'text_proj'.")
+            self.encoder_hid_proj = nn.Linear(encoder_hid_dim, encoder_hid_out_dim)
+        else:
+            # None, or "ip_image_proj" (the IP-Adapter loader installs the projection after construction)
+            self.encoder_hid_proj = None
+
+        if class_embed_type is None and num_class_embeds is not None:
+            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
+        elif class_embed_type == "timestep":
+            self.class_embedding = TimestepEmbedding(c0, time_embed_dim, act_fn=class_act_fn)
+        elif class_embed_type == "identity":
+            self.class_embedding = nn.Identity()
+        elif class_embed_type in ("projection", "simple_projection"):
+            if projection_class_embeddings_input_dim is None:
+                raise ValueError(
+                    f"`class_embed_type`: {class_embed_type!r} requires `projection_class_embeddings_input_dim` be set"
+                )
+            if class_embed_type == "projection":
+                self.class_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+            else:
+                self.class_embedding = nn.Linear(projection_class_embeddings_input_dim, time_embed_dim)
+        else:
+            self.class_embedding = None
+
+        if addition_embed_type == "text_time":
+            if addition_time_embed_dim is None or projection_class_embeddings_input_dim is None:
+                raise ValueError(
+                    "`addition_embed_type='text_time'` needs `addition_time_embed_dim` and "
+                    "`projection_class_embeddings_input_dim` to be set"
+                )
+            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
+            self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+
+    def get_time_embed(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int]) -> torch.Tensor:
+        """Sinusoidal timestep features for the batch, in ``sample``'s dtype."""
+        return self.time_proj(timesteps_for_batch(timestep, sample)).to(dtype=sample.dtype)
+
+    def get_class_embed(self, sample: torch.Tensor, class_labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if self.class_embedding is None:
+            return None
+        if class_labels is None:
+            raise ValueError("class_labels should be provided when num_class_embeds > 0")
+        if self.config.class_embed_type == "timestep":
+            class_labels = self.time_proj(class_labels).to(dtype=sample.dtype)
+        return self.class_embedding(class_labels).to(dtype=sample.dtype)
+
+    def get_aug_embed(
+        self, emb: torch.Tensor, encoder_hidden_states: torch.Tensor, added_cond_kwargs: Optional[Dict[str, Any]]
+    ) -> Optional[torch.Tensor]:
+        """SDXL micro-conditioning: pooled text embeds + sinusoidal ``time_ids`` -> ``add_embedding``."""
+        if self.config.addition_embed_type != "text_time":
+            return None
+        added_cond_kwargs = added_cond_kwargs or {}
+        for key in ("text_embeds", "time_ids"):
+            if key not in added_cond_kwargs:
+                raise ValueError(
+                    f"{self.__class__} has the config param `addition_embed_type` set to 'text_time' which requires "
+                    f"the keyword argument `{key}` to be passed in `added_cond_kwargs`"
+                )
+        text_embeds = added_cond_kwargs["text_embeds"]
+        time_ids = added_cond_kwargs["time_ids"]
+        time_embeds = self.add_time_proj(time_ids.flatten()).reshape((text_embeds.shape[0], -1))
+        add_embeds = torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype)
+        return self.add_embedding(add_embeds)
+
+
+class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings, AttentionProcessorMixin, ConfigMixin):
     """Conditional UNet: noisy latents + timestep + text states -> noise prediction.
 
     Covers the SD 1.x/2.x (incl. v-prediction, linear projections, per-block heads, ``upcast_attention``),
@@ -206,48 +306,24 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
         c0 = block_out_channels[0]
         self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
         time_embed_dim = time_embedding_dim or c0 * 4
-        self.time_proj = Timesteps(c0, flip_sin_to_cos, freq_shift)
-        self.time_embedding = TimestepEmbedding(
-            c0, time_embed_dim, act_fn=act_fn, post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim
+        self._build_embeddings(
+            c0,
+            time_embed_dim,
+            flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift,
+            act_fn=act_fn,
+            timestep_post_act=timestep_post_act,
+            time_cond_proj_dim=time_cond_proj_dim,
+            encoder_hid_dim=encoder_hid_dim,
+            encoder_hid_dim_type=encoder_hid_dim_type,
+            encoder_hid_out_dim=cross_dims[0],
+            class_embed_type=class_embed_type,
+            class_act_fn=act_fn,
+            num_class_embeds=num_class_embeds,
+            projection_class_embeddings_input_dim=projection_class_embeddings_input_dim,
+            addition_embed_type=addition_embed_type,
+            addition_time_embed_dim=addition_time_embed_dim,
         )
-
-        if encoder_hid_dim_type is None and encoder_hid_dim is not None:
-            encoder_hid_dim_type = "text_proj"
-            self.register_to_config(encoder_hid_dim_type=encoder_hid_dim_type)
-        if encoder_hid_dim_type == "text_proj":
-            if encoder_hid_dim is None:
-                raise ValueError("`encoder_hid_dim` has to be defined when `encoder_hid_dim_type` is set to 'text_proj'.")
-            self.encoder_hid_proj = nn.Linear(encoder_hid_dim, cross_dims[0])
-        else:
-            # None, or "ip_image_proj" (the IP-Adapter loader installs the projection after construction)
-            self.encoder_hid_proj = None
-
-        if class_embed_type is None and num_class_embeds is not None:
-            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
-        elif class_embed_type == "timestep":
-            self.class_embedding = TimestepEmbedding(c0, time_embed_dim, act_fn=act_fn)
-        elif class_embed_type == "identity":
-            self.class_embedding = nn.Identity()
-        elif class_embed_type in ("projection", "simple_projection"):
-            if projection_class_embeddings_input_dim is None:
-                raise ValueError(
-                    f"`class_embed_type`: {class_embed_type!r} requires `projection_class_embeddings_input_dim` be set"
-                )
-            if class_embed_type == "projection":
-                self.class_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
-            else:
-                self.class_embedding = nn.Linear(projection_class_embeddings_input_dim, time_embed_dim)
-        else:
-            self.class_embedding = None
-
-        if addition_embed_type == "text_time":
-            if addition_time_embed_dim is None or projection_class_embeddings_input_dim is None:
-                raise ValueError(
-                    "`addition_embed_type='text_time'` needs `addition_time_embed_dim` and "
-                    "`projection_class_embeddings_input_dim` to be set"
-                )
-            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
-            self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
 
         self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn is not None else None
 
@@ -371,38 +447,6 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------
     # embeddings
     # ------------------------------------------------------------------------------------------------------
-    def get_time_embed(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int]) -> torch.Tensor:
-        """Sinusoidal timestep features for the batch, in ``sample``'s dtype."""
-        return self.time_proj(timesteps_for_batch(timestep, sample)).to(dtype=sample.dtype)
-
-    def get_class_embed(self, sample: torch.Tensor, class_labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if self.class_embedding is None:
-            return None
-        if class_labels is None:
-            raise ValueError("class_labels should be provided when num_class_embeds > 0")
-        if self.config.class_embed_type == "timestep":
-            class_labels = self.time_proj(class_labels).to(dtype=sample.dtype)
-        return self.class_embedding(class_labels).to(dtype=sample.dtype)
-
-    def get_aug_embed(
-        self, emb: torch.Tensor, encoder_hidden_states: torch.Tensor, added_cond_kwargs: Optional[Dict[str, Any]]
-    ) -> Optional[torch.Tensor]:
-        """SDXL micro-conditioning: pooled text embeds + sinusoidal ``time_ids`` -> ``add_embedding``."""
-        if self.config.addition_embed_type != "text_time":
-            return None
-        added_cond_kwargs = added_cond_kwargs or {}
-        for key in ("text_embeds", "time_ids"):
-            if key not in added_cond_kwargs:
-                raise ValueError(
-                    f"{self.__class__} has the config param `addition_embed_type` set to 'text_time' which requires "
-                    f"the keyword argument `{key}` to be passed in `added_cond_kwargs`"
-                )
-        text_embeds = added_cond_kwargs["text_embeds"]
-        time_ids = added_cond_kwargs["time_ids"]
-        time_embeds = self.add_time_proj(time_ids.flatten()).reshape((text_embeds.shape[0], -1))
-        add_embeds = torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype)
-        return self.add_embedding(add_embeds)
-
     def process_encoder_hidden_states(
         self, encoder_hidden_states: torch.Tensor, added_cond_kwargs: Optional[Dict[str, Any]]
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Any]]:

@@ -123,3 +123,16 @@ def test_our_saved_sdxl_folder_loads_in_diffusers_same_image(tiny_sdxl_folder, t
     assert type(theirs.text_encoder_2).__module__.startswith("transformers")
     a, b = _image(ours, clip_skip=1), _image(theirs, clip_skip=1)
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4
+
+
+def test_modular_pipeline_loads_our_classes_and_writes_transformers_names(tiny_sd_folder, tmp_path):
+    from diffblocks.modular_pipelines import ModularPipeline
+
+    pipe = ModularPipeline.from_pretrained(tiny_sd_folder)
+    pipe.load_components()
+    assert type(pipe.text_encoder) is CLIPTextModel and type(pipe.tokenizer) is CLIPTokenizer
+    pipe.save_pretrained(str(tmp_path / "saved"))
+    index = json.loads((tmp_path / "saved" / "modular_model_index.json").read_text())
+    assert index["text_encoder"][:2] == ["transformers", "CLIPTextModel"]
+    assert index["text_encoder"][2]["type_hint"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"][:2] == ["transformers", "CLIPTokenizer"]

@@ -233,9 +233,11 @@ def model_allow_patterns(
     subfolder: Optional[str] = None,
     variant: Optional[str] = None,
     use_safetensors: Optional[bool] = None,
+    weights_names: Optional[Tuple[str, str]] = None,
 ) -> List[str]:
     """Files of one model folder to fetch: its ``config.json`` plus the weights selected by the same rules as
     local loading (variant first, safetensors before ``.bin`` unless ``use_safetensors`` says otherwise).
+    ``weights_names`` (safetensors name, .bin name) defaults to diffusers' file names.
 
     Pure function over the repo's file list; raises the errors local loading would raise.
     """
@@ -244,8 +246,9 @@ def model_allow_patterns(
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     inside = sorted(f[len(prefix):] for f in filenames if f.startswith(prefix) and "/" not in f[len(prefix):])
     names = set(inside)
+    extra = {} if weights_names is None else {"weights_names": tuple(weights_names)}
     chosen = _select_weight_names(names, variant=variant, use_safetensors=use_safetensors,
-                                  where=prefix.rstrip("/") or ".")
+                                  where=prefix.rstrip("/") or ".", **extra)
     allow = [prefix + W.CONFIG_NAME] + [prefix + n for n in chosen]
     return allow
 
@@ -423,11 +426,13 @@ def resolve_model_folder(
     subfolder: Optional[str] = None,
     variant: Optional[str] = None,
     use_safetensors: Optional[bool] = None,
+    weights_names: Optional[Tuple[str, str]] = None,
     **hub_kwargs,
 ) -> str:
     """Local folder holding one model's ``config.json`` and weights (``<root>/<subfolder>``).
 
-    For a repo id only that config and the weight files selected by ``variant``/``use_safetensors`` are fetched.
+    For a repo id only that config and the weight files selected by ``variant``/``use_safetensors`` (and named
+    ``weights_names``, diffusers' names by default) are fetched.
     """
     name = _validate_name(name_or_path)
     if os.path.isdir(name):
@@ -437,7 +442,8 @@ def resolve_model_folder(
         return folder
 
     def select(files: List[str]) -> List[str]:
-        return model_allow_patterns(files, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors)
+        return model_allow_patterns(files, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors,
+                                    weights_names=weights_names)
 
     root = resolve_folder(name, select=select, **hub_kwargs)
     return os.path.join(root, subfolder) if subfolder else root

@@ -237,3 +237,17 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
         ours.save_pretrained(tmp_path / "te")
     assert {n: (tmp_path / "te" / n).read_bytes() for n in os.listdir(tmp_path / "te")} == before
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_loads_by_repo_id_from_the_hf_cache(tmp_path, monkeypatch):
+    # a Hub repo id resolves through the HF cache offline, fetching transformers' file names (model.safetensors)
+    from tests.fixtures.tiny import fill_hf_cache
+
+    ours, _ = _pair(False, _config("quick_gelu", 97))
+    ours.save_pretrained(tmp_path / "src" / "text_encoder")
+    fill_hf_cache(str(tmp_path / "cache"), "org/tiny-clip", str(tmp_path / "src"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = CLIPTextModel.from_pretrained("org/tiny-clip", subfolder="text_encoder", cache_dir=str(tmp_path / "cache"))
+    ids = _ids(97)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids)[0], ours(ids)[0])

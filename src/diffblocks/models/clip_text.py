@@ -728,4 +728,4 @@ def _resolve_folder(name_or_path: Union[str, os.PathLike], subfolder: Optional[s
             raise EnvironmentError(f"Error no file named {CONFIG_NAME} found in directory {folder}.")
         return folder
     return resolve_model_folder(name, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors,
-                                **hub_kwargs)
+                                weights_names=(SAFE_WEIGHTS_NAME, PT_WEIGHTS_NAME), **hub_kwargs)

@@ -59,3 +59,34 @@ def test_blocks_prints_inputs_and_outputs():
     assert result.returncode == 0, result.stderr
     assert "text_encoder" in result.stdout and "denoise" in result.stdout
     assert "Inputs:" in result.stdout and "prompt" in result.stdout
+
+
+def test_generate_with_lora_weights_changes_the_image_and_records_them(tmp_path):
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from diffblocks import StableDiffusionPipeline
+    from diffblocks.default_models import default_model_path
+    from tests.loaders.test_lora import make_lora
+
+    pipe = StableDiffusionPipeline.from_pretrained(default_model_path())
+    lora = tmp_path / "lora.safetensors"
+    save_file({k: v.contiguous() for k, v in make_lora(pipe, "peft", seed=0, scale=0.5).items()}, str(lora))
+    args = ("generate", "a handwritten digit two", "--steps", "4", "--seed", "1")
+    plain = run_cli(*args, "--out", str(tmp_path / "plain"))
+    weighted = run_cli(*args, "--lora", f"{lora}:0.8", "--out", str(tmp_path / "lora"))
+    assert plain.returncode == 0 and weighted.returncode == 0, weighted.stderr
+    a = np.asarray(Image.open(plain.stdout.split()[0]), dtype=np.float32)
+    b = Image.open(weighted.stdout.split()[0])
+    assert np.abs(a - np.asarray(b, dtype=np.float32)).max() > 8  # the adapter really applies
+    assert json.loads(b.text["parameters"])["lora"] == [f"{lora}:0.8"]
+    # the same through the Python API: load + set_adapters(0.8) gives the same pixels
+    pipe.load_lora_weights(str(lora), adapter_name="lora_0")
+    pipe.set_adapters(["lora_0"], adapter_weights=[0.8])
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe("a handwritten digit two", num_inference_steps=4,
+                generator=torch.Generator().manual_seed(1)).images[0]
+    assert np.abs(np.asarray(want, dtype=np.float32) - np.asarray(b, dtype=np.float32)).max() <= 1
+    missing = run_cli(*args, "--lora", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "--lora: file not found" in missing.stderr

@@ -7,8 +7,8 @@ import sys
 from PIL import Image
 
 
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def run_cli(*args, cwd=None, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "diffblocks", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 
@@ -74,8 +74,11 @@ def test_generate_with_lora_weights_changes_the_image_and_records_them(tmp_path)
     lora = tmp_path / "lora.safetensors"
     save_file({k: v.contiguous() for k, v in make_lora(pipe, "peft", seed=0, scale=0.5).items()}, str(lora))
     args = ("generate", "a handwritten digit two", "--steps", "4", "--seed", "1")
-    plain = run_cli(*args, "--out", str(tmp_path / "plain"))
-    weighted = run_cli(*args, "--lora", f"{lora}:0.8", "--out", str(tmp_path / "lora"))
+    # the CLI process uses this process's intra-op thread count (other test packages set 1): a random LoRA this
+    # strong makes the model sensitive to float rounding, which the thread count changes
+    same_threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    plain = run_cli(*args, "--out", str(tmp_path / "plain"), env_extra=same_threads)
+    weighted = run_cli(*args, "--lora", f"{lora}:0.8", "--out", str(tmp_path / "lora"), env_extra=same_threads)
     assert plain.returncode == 0 and weighted.returncode == 0, weighted.stderr
     a = np.asarray(Image.open(plain.stdout.split()[0]), dtype=np.float32)
     b = Image.open(weighted.stdout.split()[0])

@@ -71,8 +71,13 @@ def test_transformers_objects_as_overrides_give_the_same_image(tiny_sd_folder):
     assert np.abs(a - b).max() <= 1e-5
     assert np.abs(_image(ours, clip_skip=1) - _image(theirs, clip_skip=1)).max() <= 1e-5
     # the wrong kind of object is still refused
-    with pytest.raises(ValueError, match="should be"):
+    with pytest.raises(ValueError, match="`text_encoder`.*should be"):
         diffblocks.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, text_encoder=torch.nn.Linear(2, 2))
+    # a transformers object of the wrong kind too (a tokenizer where the text encoder goes, and the reverse)
+    with pytest.raises(ValueError, match=r"(?s)`text_encoder`.*transformers' PreTrainedModel"):
+        diffblocks.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, text_encoder=tok)
+    with pytest.raises(ValueError, match=r"(?s)`tokenizer`.*transformers' PreTrainedTokenizerBase"):
+        diffblocks.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, tokenizer=te)
 
 
 def test_our_saved_folder_loads_in_diffusers_same_image(tiny_sd_folder, tmp_path):

@@ -95,7 +95,12 @@ def test_attention_mask_position_ids_and_tuple_output(projection):
         tup = ours(ids, return_dict=False)
     assert (a.last_hidden_state - b.last_hidden_state).abs().max() <= TOL
     assert isinstance(tup, tuple) and len(tup) == 2
-    assert (tup[1] - ours(ids).last_hidden_state).abs().max() == 0 if projection else True
+    if projection:  # (text_embeds, last_hidden_state)
+        assert torch.equal(tup[1], ours(ids).last_hidden_state)
+        assert (a.text_embeds - b.text_embeds).abs().max() <= TOL
+    else:  # (last_hidden_state, pooler_output)
+        assert torch.equal(tup[1], ours(ids).pooler_output)
+        assert (a.pooler_output - b.pooler_output).abs().max() <= TOL
     assert torch.equal(tup[0], ours(ids)[0])
 
 

@@ -1175,16 +1175,24 @@ def _check_passed_component(name: str, obj: Any, entry: Sequence[Any], pipeline_
     actual = type(unwrap_module(obj))
     from ..models.clip import is_own_clip_class
 
-    if is_own_clip_class(expected_cls) and (actual.__module__ or "").startswith("transformers"):
-        return  # transformers' own CLIP classes are accepted in place of diffblocks' (same role, same files)
+    own_clip = is_own_clip_class(expected_cls)
+    kind = "PreTrainedModel" if isinstance(expected_cls, type) and issubclass(expected_cls, torch.nn.Module) \
+        else "PreTrainedTokenizerBase"
+    if own_clip and (actual.__module__ or "").startswith("transformers"):
+        # transformers' own models/tokenizers are accepted in place of our CLIP classes (same role, same files);
+        # transformers is already imported since the object exists
+        import transformers
+
+        if issubclass(actual, getattr(transformers, kind)):
+            return
+        raise ValueError(f"`{name}`: {obj} is of type: {actual}, but should be {expected_cls} or transformers' {kind}")
     base = _loadable_base_of(expected_cls)
     if base is None:
         return
     if not issubclass(actual, base):
-        if is_own_clip_class(expected_cls):
-            kind = "PreTrainedModel" if issubclass(expected_cls, torch.nn.Module) else "PreTrainedTokenizerBase"
-            raise ValueError(f"{obj} is of type: {actual}, but should be {base} (or transformers' {kind})")
-        raise ValueError(f"{obj} is of type: {actual}, but should be {base}")
+        if own_clip:
+            raise ValueError(f"`{name}`: {obj} is of type: {actual}, but should be {base} (or transformers' {kind})")
+        raise ValueError(f"`{name}`: {obj} is of type: {actual}, but should be {base}")
 
 
 def _save_kwargs_for(obj: Any, *, safe_serialization: bool, variant: Optional[str], max_shard_size: Any) -> Dict[str, Any]:

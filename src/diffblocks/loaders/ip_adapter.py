@@ -86,16 +86,13 @@ def read_ip_adapter_state_dict(
         from ..hub import resolve_file
 
         path = resolve_file(source, weight_name, subfolder=subfolder or None, **hub_kwargs)
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
+    from ..models.weights import load_state_dict
 
-        flat = {}
-        with safe_open(path, framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                if key.startswith(("image_proj.", "ip_adapter.")):
-                    flat[key] = handle.get_tensor(key)
+    state = load_state_dict(path)  # safetensors memory-mapped; .bin with weights_only
+    if path.endswith(".safetensors"):
+        flat = {k: v for k, v in state.items() if k.startswith(("image_proj.", "ip_adapter."))}
         return _check_groups(_regroup(flat) if flat else {}, path)
-    return _check_groups(torch.load(path, map_location="cpu", weights_only=True), path)
+    return _check_groups(state, path)
 
 
 # --------------------------------------------------------------------------------------------------------------

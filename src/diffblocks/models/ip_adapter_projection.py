@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import FeedForward
+
 
 class ImageProjection(nn.Module):
     """``Linear(image_embed_dim -> num_image_text_embeds * cross_attention_dim)`` reshaped to tokens, then LayerNorm."""
@@ -67,29 +69,6 @@ class _ResamplerAttention(nn.Module):
         return self.to_out[0](out)
 
 
-class _GeluLinear(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int, bias: bool):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.proj(x))
-
-
-class _FeedForward(nn.Module):
-    """``net.0.proj`` (Linear + GELU), ``net.1`` (dropout, inactive), ``net.2`` (Linear)."""
-
-    def __init__(self, dim: int, mult: float, bias: bool):
-        super().__init__()
-        inner = int(dim * mult)
-        self.net = nn.ModuleList([_GeluLinear(dim, inner, bias), nn.Dropout(0.0), nn.Linear(inner, dim, bias=bias)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
 class IPAdapterPlusImageProjectionBlock(nn.Module):
     """One resampler block: the latents attend to ``[ln0(x), ln1(latents)]``, then a residual feed-forward."""
 
@@ -98,7 +77,8 @@ class IPAdapterPlusImageProjectionBlock(nn.Module):
         self.ln0 = nn.LayerNorm(embed_dims)
         self.ln1 = nn.LayerNorm(embed_dims)
         self.attn = _ResamplerAttention(embed_dims, heads, dim_head)
-        self.ff = nn.Sequential(nn.LayerNorm(embed_dims), _FeedForward(embed_dims, ffn_ratio, bias=False))
+        self.ff = nn.Sequential(nn.LayerNorm(embed_dims),
+                                FeedForward(embed_dims, mult=ffn_ratio, activation_fn="gelu", bias=False))
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         normed = self.ln1(latents)

@@ -22,6 +22,7 @@ from .denoise import (
     StableDiffusionInpaintLoopBeforeDenoiser,
     StableDiffusionLoopAfterDenoiser,
     StableDiffusionLoopBeforeDenoiser,
+    ip_adapter_fields,
 )
 from .encoders import DENOISER_FIELDS, MODEL_NAME, execution_device, guider_spec, unet_spec
 
@@ -74,19 +75,6 @@ def align_control_guidance(start: Any, end: Any, num_nets: int) -> Tuple[List[fl
     elif not start_list and not end_list:
         start, end = [start] * num_nets, [end] * num_nets
     return list(start), list(end)
-
-
-def _image_batch(image: Any) -> int:
-    import numpy as np
-    import PIL.Image
-
-    if isinstance(image, PIL.Image.Image):
-        return 1
-    if isinstance(image, (list, tuple)):
-        return len(image)
-    if isinstance(image, (torch.Tensor, np.ndarray)):
-        return 1 if image.ndim == 3 else len(image)
-    return 1
 
 
 def _check_one_image(image: Any, prompt_batch: Optional[int], name: str) -> None:
@@ -322,19 +310,6 @@ class StableDiffusionControlNetInputStep(ModularPipelineBlocks):
 
 
 # ------------------------------------------------------------------------------------------------ loop denoiser
-def _ip_adapter_pair(bs) -> Optional[Tuple[Any, Any]]:
-    """``(ip_adapter_embeds, negative_ip_adapter_embeds)`` (lists of tensors, one per IP-Adapter) as the plain
-    denoisers prepare them (rows repeated to the latents' batch), or None without IP-Adapter inputs."""
-    from . import denoise
-
-    shared = getattr(denoise, "ip_adapter_fields", None)
-    if shared is not None:
-        return shared(bs, bs.scaled_latents.shape[0])
-    get = bs.__dict__.get
-    pos = get("ip_adapter_embeds")
-    return None if pos is None else (pos, get("negative_ip_adapter_embeds"))
-
-
 def step_scale(conditioning_scale: Any, keep: Any) -> Any:
     """The conditioning scale of one step: ``scale * keep`` (element-wise for several ControlNets)."""
     if isinstance(keep, list):
@@ -378,7 +353,7 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
         """Per-branch ``(cond, uncond)`` inputs besides the latents and the control image."""
         get = bs.__dict__.get
         fields = {"encoder_hidden_states": (bs.prompt_embeds, get("negative_prompt_embeds"))}
-        ip = _ip_adapter_pair(bs)
+        ip = ip_adapter_fields(bs, bs.scaled_latents.shape[0])
         if ip is not None:
             fields["image_embeds"] = ip
         return fields

@@ -225,43 +225,17 @@ INPAINT_BLOCKS = InsertableDict(
     ]
 )
 
-CONTROLNET_BLOCKS = InsertableDict(
-    [
-        ("text_encoder", StableDiffusionTextEncoderStep),
-        ("input", StableDiffusionInputStep),
-        ("set_timesteps", StableDiffusionSetTimestepsStep),
-        ("prepare_latents", StableDiffusionPrepareLatentsStep),
-        ("controlnet_input", StableDiffusionControlNetInputStep),
-        ("denoise", StableDiffusionControlNetDenoiseStep),
-        ("decode", StableDiffusionDecodeStep),
-    ]
-)
+def _with_controlnet(base: InsertableDict, denoise_step: type) -> InsertableDict:
+    """``base`` with the ControlNet input step before the denoise loop and ``denoise_step`` as the loop."""
+    blocks = InsertableDict(base)
+    blocks.insert("controlnet_input", StableDiffusionControlNetInputStep, list(blocks).index("denoise"))
+    blocks["denoise"] = denoise_step
+    return blocks
 
-CONTROLNET_IMAGE2IMAGE_BLOCKS = InsertableDict(
-    [
-        ("text_encoder", StableDiffusionTextEncoderStep),
-        ("vae_encoder", StableDiffusionVaeEncoderStep),
-        ("input", StableDiffusionInputStep),
-        ("set_timesteps", StableDiffusionImg2ImgSetTimestepsStep),
-        ("prepare_latents", StableDiffusionImg2ImgPrepareLatentsStep),
-        ("controlnet_input", StableDiffusionControlNetInputStep),
-        ("denoise", StableDiffusionControlNetDenoiseStep),
-        ("decode", StableDiffusionDecodeStep),
-    ]
-)
 
-CONTROLNET_INPAINT_BLOCKS = InsertableDict(
-    [
-        ("text_encoder", StableDiffusionTextEncoderStep),
-        ("vae_encoder", StableDiffusionInpaintVaeEncoderStep),
-        ("input", StableDiffusionInputStep),
-        ("set_timesteps", StableDiffusionInpaintSetTimestepsStep),
-        ("prepare_latents", StableDiffusionInpaintPrepareLatentsStep),
-        ("controlnet_input", StableDiffusionControlNetInputStep),
-        ("denoise", StableDiffusionInpaintControlNetDenoiseStep),
-        ("decode", StableDiffusionInpaintDecodeStep),
-    ]
-)
+CONTROLNET_BLOCKS = _with_controlnet(TEXT2IMAGE_BLOCKS, StableDiffusionControlNetDenoiseStep)
+CONTROLNET_IMAGE2IMAGE_BLOCKS = _with_controlnet(IMAGE2IMAGE_BLOCKS, StableDiffusionControlNetDenoiseStep)
+CONTROLNET_INPAINT_BLOCKS = _with_controlnet(INPAINT_BLOCKS, StableDiffusionInpaintControlNetDenoiseStep)
 
 AUTO_BLOCKS = InsertableDict(
     [

@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import ComponentSpec, InputParam
-from ..stable_diffusion.controlnet import (
-    StableDiffusionControlNetInputStep,
-    StableDiffusionControlNetLoopDenoiser,
-    control_image_processor_spec,
-    controlnet_spec,
-)
-from ..stable_diffusion.encoders import guider_spec, unet_spec
+from .. import InputParam
+from ..stable_diffusion.controlnet import StableDiffusionControlNetInputStep, StableDiffusionControlNetLoopDenoiser
 from .denoise import (
     StableDiffusionXLDenoiseLoopWrapper,
     StableDiffusionXLInpaintLoopAfterDenoiser,
@@ -26,10 +20,6 @@ from .encoders import MODEL_NAME
 
 class StableDiffusionXLControlNetInputStep(StableDiffusionControlNetInputStep):
     model_name = MODEL_NAME
-
-    @property
-    def expected_components(self) -> List[ComponentSpec]:
-        return [controlnet_spec(), control_image_processor_spec()]
 
     @property
     def inputs(self) -> List[InputParam]:
@@ -52,10 +42,6 @@ class StableDiffusionXLControlNetLoopDenoiser(StableDiffusionControlNetLoopDenoi
     def description(self) -> str:
         return ("Loop step 2 (ControlNet): run the ControlNet (conditioned on `text_embeds`/`time_ids` too), then "
                 "the UNet with its residuals; the guider batches the conditional and unconditional rows.")
-
-    @property
-    def expected_components(self) -> List[ComponentSpec]:
-        return [guider_spec(), unet_spec(), controlnet_spec()]
 
     def _fields(self, bs) -> Dict[str, Tuple[Any, Any]]:
         get = bs.__dict__.get

@@ -221,46 +221,20 @@ INPAINT_BLOCKS = InsertableDict(
     ]
 )
 
-CONTROLNET_BLOCKS = InsertableDict(
-    [
-        ("text_encoder", StableDiffusionXLTextEncoderStep),
-        ("input", StableDiffusionXLInputStep),
-        ("set_timesteps", StableDiffusionXLSetTimestepsStep),
-        ("prepare_latents", StableDiffusionXLPrepareLatentsStep),
-        ("prepare_add_cond", StableDiffusionXLPrepareAdditionalConditioningStep),
-        ("controlnet_input", StableDiffusionXLControlNetInputStep),
-        ("denoise", StableDiffusionXLControlNetDenoiseStep),
-        ("decode", StableDiffusionXLDecodeStep),
-    ]
-)
+def _with_controlnet(base: InsertableDict, denoise_step: type) -> InsertableDict:
+    """``base`` with the ControlNet input step before the denoise loop and ``denoise_step`` as the loop."""
+    blocks = InsertableDict(base)
+    blocks.insert("controlnet_input", StableDiffusionXLControlNetInputStep, list(blocks).index("denoise"))
+    blocks["denoise"] = denoise_step
+    return blocks
 
-CONTROLNET_IMAGE2IMAGE_BLOCKS = InsertableDict(
-    [
-        ("text_encoder", StableDiffusionXLTextEncoderStep),
-        ("vae_encoder", StableDiffusionXLVaeEncoderStep),
-        ("input", StableDiffusionXLInputStep),
-        ("set_timesteps", StableDiffusionXLImg2ImgSetTimestepsStep),
-        ("prepare_latents", StableDiffusionXLImg2ImgPrepareLatentsStep),
-        ("prepare_add_cond", StableDiffusionXLImg2ImgPrepareAdditionalConditioningStep),
-        ("controlnet_input", StableDiffusionXLControlNetInputStep),
-        ("denoise", StableDiffusionXLControlNetDenoiseStep),
-        ("decode", StableDiffusionXLDecodeStep),
-    ]
-)
 
-CONTROLNET_INPAINT_BLOCKS = InsertableDict(
-    [
-        ("text_encoder", StableDiffusionXLTextEncoderStep),
-        ("vae_encoder", StableDiffusionXLInpaintVaeEncoderStep),
-        ("input", StableDiffusionXLInputStep),
-        ("set_timesteps", StableDiffusionXLInpaintSetTimestepsStep),
-        ("prepare_latents", StableDiffusionXLInpaintPrepareLatentsStep),
-        ("prepare_add_cond", StableDiffusionXLImg2ImgPrepareAdditionalConditioningStep),
-        ("controlnet_input", StableDiffusionXLControlNetInputStep),
-        ("denoise", StableDiffusionXLInpaintControlNetDenoiseStep),
-        ("decode", StableDiffusionXLInpaintDecodeStep),
-    ]
-)
+CONTROLNET_BLOCKS = _with_controlnet(TEXT2IMAGE_BLOCKS, StableDiffusionXLControlNetDenoiseStep)
+CONTROLNET_IMAGE2IMAGE_BLOCKS = _with_controlnet(IMAGE2IMAGE_BLOCKS, StableDiffusionXLControlNetDenoiseStep)
+# the plain image-to-image preset calls its VAE step `image_encoder` (the name the docs pop); this one keeps
+# the auto blocks' name
+CONTROLNET_IMAGE2IMAGE_BLOCKS.insert("vae_encoder", CONTROLNET_IMAGE2IMAGE_BLOCKS.pop("image_encoder"), 1)
+CONTROLNET_INPAINT_BLOCKS = _with_controlnet(INPAINT_BLOCKS, StableDiffusionXLInpaintControlNetDenoiseStep)
 
 AUTO_BLOCKS = InsertableDict(
     [

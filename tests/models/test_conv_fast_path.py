@@ -84,10 +84,17 @@ def test_default_thresholds_keep_small_layers_on_the_standard_path(monkeypatch):
     with torch.no_grad():
         Conv2d(320, 320, 3, padding=1)(torch.randn(1, 320, 2, 2))  # 0.9M weights < 16 MiB
     assert calls == []
-    assert resnet._GEMM_MIN_WEIGHT_NUMEL == 1 << 22
-    # SD 1.5's 1280-channel 3x3 conv (14.7M weights) qualifies at 8x8 with batch 2: 128 positions <= 640
-    assert 1280 * 1280 * 9 >= resnet._GEMM_MIN_WEIGHT_NUMEL
-    assert 2 * 8 * 8 <= 1280 * resnet._GEMM_MAX_POSITIONS_PER_OUT_CHANNEL < 2 * 32 * 32
+    # SD 1.5's 1280-channel 3x3 conv (14.7M weights) takes the GEMM path at 8x8 with batch 2, not at 32x32
+    big = Conv2d(1280, 1280, 3, padding=1)
+    for size, expected in ((8, True), (32, False)):
+        calls.clear()
+        x = torch.randn(2, 1280, size, size)
+        with torch.no_grad():
+            out = big(x)
+        assert bool(calls) is expected, size
+        if expected:
+            ref = F.conv2d(x, big.weight, big.bias, padding=1)
+            assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
 
 
 def test_same_parameters_as_nn_conv2d():

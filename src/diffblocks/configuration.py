@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import PosixPath, Path
@@ -238,20 +237,11 @@ class ConfigMixin:
 
     def to_json_file(self, json_file_path: Union[str, os.PathLike]) -> None:
         """Write :meth:`to_json_string` to ``json_file_path`` atomically (temp file, then rename)."""
-        json_file_path = os.fspath(json_file_path)
-        folder = os.path.dirname(os.path.abspath(json_file_path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-        try:
-            from .utils.fs import normal_file_permissions
+        from .utils.fs import atomic_file
 
-            normal_file_permissions(tmp)  # mkstemp creates it 0600
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with atomic_file(os.fspath(json_file_path)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write(self.to_json_string())
-            os.replace(tmp, json_file_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
 
     def save_config(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write the config to ``save_directory/config_name``, creating the folder if needed."""

@@ -821,7 +821,7 @@ def write_lora_weights(
     state_dict: Dict[str, torch.Tensor] = {}
     for component, layers in lora_layers.items():
         for key, value in _layers_state_dict(layers, f"{component}_lora_layers").items():
-            state_dict[f"{component}.{key}"] = value.detach().contiguous()
+            state_dict[f"{component}.{key}"] = value
     if not state_dict:
         raise ValueError("the LoRA layers to save are empty")
     metadata: Dict[str, Any] = {}
@@ -840,13 +840,11 @@ def write_lora_weights(
         return None
     os.makedirs(save_directory, exist_ok=True)
     path = os.path.join(save_directory, weight_name)
-    import tempfile
+    from ..models.weights import _prepare_for_safetensors
+    from ..utils.fs import atomic_file
 
-    from ..utils.fs import normal_file_permissions
-
-    handle, tmp = tempfile.mkstemp(prefix=f".{weight_name}.", suffix=".tmp", dir=save_directory)
-    os.close(handle)
-    try:
+    state_dict = _prepare_for_safetensors(state_dict)  # contiguous CPU tensors, no shared storage
+    with atomic_file(path) as tmp:
         if save_function is not None:
             save_function(state_dict, tmp)
         elif safe_serialization:
@@ -858,12 +856,6 @@ def write_lora_weights(
             save_file(state_dict, tmp, metadata=file_meta)
         else:
             torch.save(state_dict, tmp)
-        normal_file_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     logger.info("LoRA weights saved in %s", path)
     return path
 

@@ -153,20 +153,11 @@ class CLIPTextConfig:
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> None:
         save_directory = os.fspath(save_directory)
         os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", dir=save_directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        from ..utils.fs import atomic_file
+
+        with atomic_file(os.path.join(save_directory, CONFIG_NAME)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write(self.to_json_string())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        try:
-            os.chmod(path, 0o644)
-        except OSError:  # pragma: no cover
-            pass
 
     @property
     def _name_or_path(self) -> str:

@@ -595,6 +595,8 @@ class CLIPTokenizer:
             raise ValueError(f"`save_directory` ({save_directory}) is a file, expected a folder.")
         parent = os.path.dirname(save_directory)
         os.makedirs(parent, exist_ok=True)
+        from ..utils.fs import normal_tree_permissions
+
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.tmp-", dir=parent)
         names = (VOCAB_FILE, MERGES_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE)
         try:
@@ -614,8 +616,7 @@ class CLIPTokenizer:
                                               for a in sorted(self._added.values(), key=lambda a: a.id)}
             _write_json(os.path.join(tmp, TOKENIZER_CONFIG_FILE), config)
             _write_json(os.path.join(tmp, SPECIAL_TOKENS_MAP_FILE), self.special_tokens_map)
-            for name in os.listdir(tmp):
-                os.chmod(os.path.join(tmp, name), 0o644)
+            normal_tree_permissions(tmp)  # the modes open() would give under the current umask
             os.makedirs(save_directory, exist_ok=True)
             for name in names:
                 os.replace(os.path.join(tmp, name), os.path.join(save_directory, name))

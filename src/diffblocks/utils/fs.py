@@ -5,7 +5,10 @@ the saved tree the modes a plain ``mkdir``/``open`` would have under the current
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from typing import Iterator
 
 
 def current_umask() -> int:
@@ -27,3 +30,20 @@ def normal_tree_permissions(root: str) -> None:
         os.chmod(folder, 0o777 & ~mask)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success give it ``open()``'s mode and move it to ``path``,
+    on any error remove it (so ``path`` is never left half-written)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    try:
+        yield tmp
+        normal_file_permissions(tmp)  # mkstemp creates it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -256,3 +256,17 @@ def test_loads_by_repo_id_from_the_hf_cache(tmp_path, monkeypatch):
     ids = _ids(97)
     with torch.no_grad():
         assert torch.equal(loaded(ids)[0], ours(ids)[0])
+
+
+def test_config_by_repo_id_needs_only_config_json(tmp_path, monkeypatch):
+    # reading a config fetches config.json alone: a cached repo holding no weights is enough
+    from tests.fixtures.tiny import fill_hf_cache
+
+    CLIPTextConfig(**_config("gelu", 2)).save_pretrained(str(tmp_path / "src" / "text_encoder"))
+    fill_hf_cache(str(tmp_path / "cache"), "org/config-only", str(tmp_path / "src"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = CLIPTextConfig.from_pretrained("org/config-only", subfolder="text_encoder",
+                                            cache_dir=str(tmp_path / "cache"))
+    assert config.hidden_act == "gelu" and not hasattr(config, "cache_dir")
+    with pytest.raises(TypeError, match="subfolder"):
+        CLIPTextConfig.from_pretrained("org/config-only", subfolder=3, cache_dir=str(tmp_path / "cache"))

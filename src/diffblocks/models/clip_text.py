@@ -125,10 +125,13 @@ class CLIPTextConfig:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], subfolder: Optional[str] = None,
                         **kwargs: Any) -> "CLIPTextConfig":
-        folder = _resolve_folder(pretrained_model_name_or_path, subfolder, None, None, kwargs, weights=False)
-        path = os.path.join(folder, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise EnvironmentError(f"Error no file named {CONFIG_NAME} found in directory {folder}.")
+        from ..hub import resolve_file
+
+        _check_subfolder(subfolder)
+        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
+        # only config.json is fetched for a repo id (the weights are not needed to read a config)
+        path = resolve_file(os.fspath(pretrained_model_name_or_path), CONFIG_NAME, subfolder=subfolder or None,
+                            **hub_kwargs)
         config = cls.from_json_file(path)
         for key, value in kwargs.items():
             setattr(config, key, value)
@@ -546,9 +549,13 @@ class _CLIPTextBase(ModelMixin):
             raise TypeError(f"`use_safetensors` must be None, True or False, got {use_safetensors!r}")
         keep_checkpoint_dtype = isinstance(dtype, str) and dtype == "auto"
         target_dtype = None if keep_checkpoint_dtype else _check_dtype(cls.__name__, dtype)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "force_download", "proxies", "local_files_only",
-                                                 "token", "revision") if k in kwargs}
-        folder = _resolve_folder(pretrained_model_name_or_path, subfolder, variant, use_safetensors, hub_kwargs)
+        from ..hub import resolve_model_folder
+
+        _check_subfolder(subfolder)
+        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
+        folder = resolve_model_folder(os.fspath(pretrained_model_name_or_path), subfolder=subfolder,
+                                      variant=variant, use_safetensors=use_safetensors,
+                                      weights_names=(SAFE_WEIGHTS_NAME, PT_WEIGHTS_NAME), **hub_kwargs)
         if config is None:
             path = os.path.join(folder, CONFIG_NAME)
             if not os.path.isfile(path):
@@ -706,17 +713,9 @@ class CLIPTextModelWithProjection(_CLIPTextBase):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _resolve_folder(name_or_path: Union[str, os.PathLike], subfolder: Optional[str], variant: Optional[str],
-                    use_safetensors: Optional[bool], hub_kwargs: Dict[str, Any], *, weights: bool = True) -> str:
-    from ..hub import resolve_model_folder
+_HUB_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 
+
+def _check_subfolder(subfolder: Any) -> None:
     if subfolder is not None and not isinstance(subfolder, str):
         raise TypeError(f"`subfolder` must be a string or None, got {type(subfolder).__name__}")
-    name = os.fspath(name_or_path)
-    if os.path.isdir(name):
-        folder = os.path.join(name, subfolder) if subfolder else name
-        if not os.path.isdir(folder):
-            raise EnvironmentError(f"Error no file named {CONFIG_NAME} found in directory {folder}.")
-        return folder
-    return resolve_model_folder(name, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors,
-                                weights_names=(SAFE_WEIGHTS_NAME, PT_WEIGHTS_NAME), **hub_kwargs)

@@ -111,6 +111,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+#: the columns of the results table (written by write_results, read back by rows_from_markdown)
+COLUMNS = ("area", "case", "unit", "ours", "median (min-max)", "reference", "median (min-max)", "ratio", "target",
+           "met", "measured (UTC)")
+
+
 def rows_from_markdown(path: str) -> List[Dict[str, Any]]:
     """The rows of a RESULTS.md written earlier, kept verbatim (``raw``) with their case descriptions."""
     try:
@@ -126,7 +131,7 @@ def rows_from_markdown(path: str) -> List[Dict[str, Any]]:
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or len(cells) != 11 or cells[0] in ("area", "") or cells[0].startswith("---"):
+        if not line.startswith("| ") or len(cells) != len(COLUMNS) or cells[0] in ("area", "") or cells[0].startswith("---"):
             continue
         rows.append({"area": cells[0], "name": cells[1], "raw": line,
                      "description": descriptions.get(f"{cells[0]}/{cells[1]}")})
@@ -186,9 +191,8 @@ def write_results(path: str, rows: List[Dict[str, Any]], info: Dict[str, str], r
         f"Written by `python bench/run.py` ({repeat} runs per implementation, each in a fresh process; "
         "median and min-max). `ratio` = median(ours) / median(reference); `met` = ratio <= target.",
         "",
-        "| area | case | unit | ours | median (min-max) | reference | median (min-max) | ratio | target | met "
-        "| measured (UTC) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
     ]
     for r in rows:
         if "raw" in r:  # a row kept from an earlier RESULTS.md

@@ -94,8 +94,6 @@ def run_case(name: str, impl: str) -> float:
     torch.set_num_threads(1)
     if name == "lora_cold_first_image_ms":
         folder = _prepare(in_subprocess=True)
-        if impl not in ("diffblocks", "diffusers"):
-            raise SystemExit(f"unknown impl {impl!r}; expected 'diffblocks' or 'diffusers'")
         start = time.perf_counter()
         pipe = _pipe(impl, folder)
         pipe.load_lora_weights(WORK, weight_name=LORA_FILE, adapter_name="bench")

@@ -164,14 +164,6 @@ def _loadable_bases() -> List[type]:
     return bases
 
 
-def _transformers_importable() -> bool:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return False
-    return True
-
-
 def _loadable_base_of(cls: type) -> Optional[type]:
     from ..models.clip import is_own_clip_class
 

@@ -244,3 +244,22 @@ def test_signatures_and_class_attributes_match_diffusers(name):
     assert sorted(ours._optional_components) == sorted(theirs._optional_components)
     assert ours.model_cpu_offload_seq == theirs.model_cpu_offload_seq
     assert ours._callback_tensor_inputs == theirs._callback_tensor_inputs
+
+
+def test_output_size_read_from_the_control_image_equals_what_preprocess_gives():
+    # the classic pipelines read the default size off the first control image instead of preprocessing it twice
+    import numpy as np
+    import PIL.Image
+
+    from diffblocks.image_processor import VaeImageProcessor
+    from diffblocks.pipelines.controlnet.pipeline_controlnet import StableDiffusionControlNetPipelineBase
+
+    proc = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
+    pil = PIL.Image.new("RGB", (45, 37))
+    inputs = [pil, [pil, PIL.Image.new("RGB", (45, 37))], torch.rand(3, 37, 45), torch.rand(2, 3, 37, 45),
+              np.random.rand(37, 45, 3).astype(np.float32), np.random.rand(2, 37, 45, 3).astype(np.float32)]
+    size_from = StableDiffusionControlNetPipelineBase._size_from
+    for image in inputs:
+        for height, width in ((None, None), (64, None), (None, 24)):
+            want = proc.preprocess(image, height=height, width=width).shape[-2:]
+            assert size_from(None, proc, image, height, width) == tuple(want), (type(image), height, width)

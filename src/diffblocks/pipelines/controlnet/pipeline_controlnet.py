@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import numpy as np
+import PIL.Image
 import torch
 
 from ...image_processor import VaeImageProcessor
@@ -77,6 +79,12 @@ class ControlNetPipelineMixin:
             from ...modular_pipelines.stable_diffusion.controlnet import split_control_images
 
             image = split_control_images(self.controlnet, image)[0]
+        first = image[0] if isinstance(image, (list, tuple)) and image else image
+        if isinstance(first, (torch.Tensor, np.ndarray)) and first.ndim == 3:
+            first = first[None]  # one image without its batch axis
+        if isinstance(first, (PIL.Image.Image, torch.Tensor, np.ndarray)) and getattr(first, "ndim", 4) == 4:
+            # the size preprocess would give, read from the first image without converting it
+            return processor.get_default_height_width(first, height, width)
         shape = processor.preprocess(image, height=height, width=width).shape
         return int(shape[-2]), int(shape[-1])
 

@@ -5,8 +5,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..pipeline_utils import DiffusionPipeline
-from .pipeline_controlnet import ControlNetPipelineMixin
 from .pipeline_controlnet_sd_xl import StableDiffusionXLControlNetPipelineBase
 
 
@@ -37,11 +35,9 @@ class StableDiffusionXLControlNetImg2ImgPipeline(StableDiffusionXLControlNetPipe
         feature_extractor=None,
         image_encoder=None,
     ) -> None:
-        DiffusionPipeline.__init__(self)
-        self._register_xl(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
-                          feature_extractor, add_watermarker)
-        ControlNetPipelineMixin._register_controlnet(self, controlnet)
-        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, controlnet, scheduler,
+                         force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+                         feature_extractor=feature_extractor, image_encoder=image_encoder)
         self.register_to_config(requires_aesthetics_score=requires_aesthetics_score)
 
     @torch.no_grad()

@@ -105,9 +105,7 @@ def _ip_processor_class():
 
 
 def is_ip_adapter_processor(processor: Any) -> bool:
-    return isinstance(processor, _ip_processor_class()) or (
-        hasattr(processor, "to_k_ip") and hasattr(processor, "scale")
-    )
+    return isinstance(processor, _ip_processor_class())
 
 
 def _ordered_attention_layers(unet: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -117,11 +115,6 @@ def _ordered_attention_layers(unet: nn.Module) -> List[Tuple[str, nn.Module]]:
     layers = [(n, m) for n, m in unet.named_modules() if isinstance(m, Attention) and not n.startswith("encoder_hid")]
     rank = {"down_blocks": 0, "up_blocks": 1, "mid_block": 2}
     return sorted(layers, key=lambda item: rank.get(item[0].split(".", 1)[0], 3))  # stable within a group
-
-
-def _is_cross(name: str, module: nn.Module) -> bool:
-    # the checkpoints number every attention layer and keep the odd ids (attn2) for their weights
-    return not name.endswith("attn1")
 
 
 def load_ip_adapter_into_unet(unet: nn.Module, state_dicts: Sequence[Dict[str, Dict[str, torch.Tensor]]]) -> None:
@@ -156,7 +149,7 @@ def load_ip_adapter_into_unet(unet: nn.Module, state_dicts: Sequence[Dict[str, D
     processors = {}
     cross_index = 0
     for name, attn in layers:
-        if not _is_cross(name, attn):
+        if name.endswith("attn1"):  # the checkpoints number every attention layer; only attn2 (odd ids) has weights
             continue
         key_id = 1 + 2 * cross_index
         cross_index += 1
@@ -488,12 +481,9 @@ def load_image_encoder(source: str, subfolder: Optional[str], image_encoder_fold
             "(relative to `subfolder`, or a path with '/') or `image_encoder_folder=None`."
         )
     model = CLIPVisionModelWithProjection.from_pretrained(folder, dtype=dtype)
-    try:
-        from ..modular_pipelines.modular_pipeline_utils import set_load_id
+    from ..modular_pipelines.modular_pipeline_utils import set_load_id
 
-        set_load_id(model, "|".join([str(source), folder_name, "null", "null"]))
-    except Exception:  # noqa: BLE001 - the load id is an extra for the ComponentsManager
-        pass
+    set_load_id(model, "|".join([str(source), folder_name, "null", "null"]))
     return model.to(device).eval()
 
 

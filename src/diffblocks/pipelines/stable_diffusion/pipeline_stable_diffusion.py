@@ -39,7 +39,10 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin
     _exclude_from_cpu_offload = ["safety_checker"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     _preset_name = "text2img"
-    _blocks_cache: Dict[str, Any] = {}
+    #: the modular family whose presets the classic classes run, and its IP-Adapter step for precomputed inputs
+    _family = "stable_diffusion"
+    _ip_adapter_step = "StableDiffusionIPAdapterEmbedsStep"
+    _blocks_cache: Dict[Any, Any] = {}  # (family, preset, with IP-Adapter) -> blocks, shared by every subclass
 
     # flags read by the shared blocks
     _guider_managed = True
@@ -313,18 +316,19 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin
     # -------------------------------------------------------------------------------- running the blocks
     @classmethod
     def _preset_blocks(cls, ip_adapter: bool = False):
-        key = (cls._preset_name, ip_adapter)
+        key = (cls._family, cls._preset_name, ip_adapter)
         blocks = StableDiffusionPipelineBase._blocks_cache.get(key)
         if blocks is None:
+            import importlib
+
             from ...modular_pipelines import SequentialPipelineBlocks
-            from ...modular_pipelines.stable_diffusion.modular_blocks import ALL_BLOCKS
 
-            preset = ALL_BLOCKS[cls._preset_name]
+            family = f"diffblocks.modular_pipelines.{cls._family}"
+            preset = importlib.import_module(f"{family}.modular_blocks").ALL_BLOCKS[cls._preset_name]
             if ip_adapter:
-                from ...modular_pipelines.stable_diffusion.ip_adapter import StableDiffusionIPAdapterEmbedsStep
-
+                step = getattr(importlib.import_module(f"{family}.ip_adapter"), cls._ip_adapter_step)
                 preset = preset.copy()
-                preset.insert("ip_adapter", StableDiffusionIPAdapterEmbedsStep, 1)
+                preset.insert("ip_adapter", step, 1)
             blocks = SequentialPipelineBlocks.from_blocks_dict(preset)
             StableDiffusionPipelineBase._blocks_cache[key] = blocks
         return blocks

@@ -47,7 +47,8 @@ class StableDiffusionXLPipelineBase(StableDiffusionXLLoraLoaderMixin, StableDiff
         "latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
         "negative_pooled_prompt_embeds", "negative_add_time_ids",
     ]
-    _xl_blocks_cache: Dict[str, Any] = {}
+    _family = "stable_diffusion_xl"
+    _ip_adapter_step = "StableDiffusionXLIPAdapterEmbedsStep"
     _callback_renames = {"add_text_embeds": "pooled_prompt_embeds"}
 
     def __init__(
@@ -206,24 +207,6 @@ class StableDiffusionXLPipelineBase(StableDiffusionXLLoraLoaderMixin, StableDiff
         check_denoising_range(denoising_start, denoising_end)
 
     # -------------------------------------------------------------------------------- running the blocks
-    @classmethod
-    def _preset_blocks(cls, ip_adapter: bool = False):
-        key = (cls._preset_name, ip_adapter)
-        blocks = StableDiffusionXLPipelineBase._xl_blocks_cache.get(key)
-        if blocks is None:
-            from ...modular_pipelines import SequentialPipelineBlocks
-            from ...modular_pipelines.stable_diffusion_xl.modular_blocks import ALL_BLOCKS
-
-            preset = ALL_BLOCKS[cls._preset_name]
-            if ip_adapter:
-                from ...modular_pipelines.stable_diffusion_xl.ip_adapter import StableDiffusionXLIPAdapterEmbedsStep
-
-                preset = preset.copy()
-                preset.insert("ip_adapter", StableDiffusionXLIPAdapterEmbedsStep, 1)
-            blocks = SequentialPipelineBlocks.from_blocks_dict(preset)
-            StableDiffusionXLPipelineBase._xl_blocks_cache[key] = blocks
-        return blocks
-
     def _run_xl(self, callback_on_step_end, tensor_inputs, **inputs):
         if callback_on_step_end is not None:
             renames = self._callback_renames

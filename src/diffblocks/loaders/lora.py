@@ -1233,13 +1233,22 @@ class StableDiffusionLoraLoaderMixin(LoraLoaderMixin):
         Keys get ``unet.`` / ``text_encoder.`` prefixes; the file is ``pytorch_lora_weights.safetensors`` (or
         ``.bin`` without safetensors) unless ``weight_name`` says otherwise.  Returns the written path.
         """
-        layers = {name: value for name, value in (("unet", unet_lora_layers),
-                                                  ("text_encoder", text_encoder_lora_layers)) if value}
-        if not layers:
-            raise ValueError("You must pass at least one of `unet_lora_layers` or `text_encoder_lora_layers`.")
-        metadata = {"unet": unet_lora_adapter_metadata, "text_encoder": text_encoder_lora_adapter_metadata}
-        return write_lora_weights(save_directory, layers, {k: v for k, v in metadata.items() if k in layers},
-                                  weight_name, safe_serialization, is_main_process, save_function)
+        return _save_components(
+            save_directory, {"unet": (unet_lora_layers, unet_lora_adapter_metadata),
+                             "text_encoder": (text_encoder_lora_layers, text_encoder_lora_adapter_metadata)},
+            weight_name, safe_serialization, is_main_process, save_function)
+
+
+def _save_components(save_directory, components: Dict[str, Tuple[Any, Any]], weight_name, safe_serialization,
+                     is_main_process, save_function) -> Optional[str]:
+    """``save_lora_weights`` of a family: ``components`` maps a component name to ``(layers, metadata)``."""
+    layers = {name: value for name, (value, _) in components.items() if value}
+    if not layers:
+        names = [f"`{name}_lora_layers`" for name in components]
+        raise ValueError(f"You must pass at least one of {', '.join(names[:-1])} or {names[-1]}.")
+    metadata = {name: meta for name, (_, meta) in components.items() if name in layers}
+    return write_lora_weights(save_directory, layers, metadata, weight_name, safe_serialization, is_main_process,
+                              save_function)
 
 
 class StableDiffusionXLLoraLoaderMixin(LoraLoaderMixin):
@@ -1263,15 +1272,8 @@ class StableDiffusionXLLoraLoaderMixin(LoraLoaderMixin):
         text_encoder_2_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
     ) -> Optional[str]:
         """SDXL variant of :meth:`StableDiffusionLoraLoaderMixin.save_lora_weights` (adds ``text_encoder_2.``)."""
-        layers = {name: value for name, value in (("unet", unet_lora_layers),
-                                                  ("text_encoder", text_encoder_lora_layers),
-                                                  ("text_encoder_2", text_encoder_2_lora_layers)) if value}
-        if not layers:
-            raise ValueError(
-                "You must pass at least one of `unet_lora_layers`, `text_encoder_lora_layers` or "
-                "`text_encoder_2_lora_layers`."
-            )
-        metadata = {"unet": unet_lora_adapter_metadata, "text_encoder": text_encoder_lora_adapter_metadata,
-                    "text_encoder_2": text_encoder_2_lora_adapter_metadata}
-        return write_lora_weights(save_directory, layers, {k: v for k, v in metadata.items() if k in layers},
-                                  weight_name, safe_serialization, is_main_process, save_function)
+        return _save_components(
+            save_directory, {"unet": (unet_lora_layers, unet_lora_adapter_metadata),
+                             "text_encoder": (text_encoder_lora_layers, text_encoder_lora_adapter_metadata),
+                             "text_encoder_2": (text_encoder_2_lora_layers, text_encoder_2_lora_adapter_metadata)},
+            weight_name, safe_serialization, is_main_process, save_function)

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import PIL.Image
 import torch
 
+from ..stable_diffusion.pipeline_stable_diffusion_inpaint import check_mask_crop
 from .pipeline_controlnet import StableDiffusionControlNetPipelineBase
-
-
-def check_mask_crop(image, mask_image, output_type, padding_mask_crop) -> None:
-    if padding_mask_crop is None:
-        return
-    if not isinstance(image, PIL.Image.Image):
-        raise ValueError(f"The image should be a PIL image when inpainting mask crop, but is of type {type(image)}.")
-    if not isinstance(mask_image, PIL.Image.Image):
-        raise ValueError(
-            f"The mask image should be a PIL image when inpainting mask crop, but is of type {type(mask_image)}."
-        )
-    if output_type != "pil":
-        raise ValueError(f"The output type should be PIL when inpainting mask crop, but is {output_type}.")
 
 
 class StableDiffusionControlNetInpaintPipeline(StableDiffusionControlNetPipelineBase):

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .pipeline_controlnet_inpaint import check_mask_crop
+from ..stable_diffusion.pipeline_stable_diffusion_inpaint import check_mask_crop
 from .pipeline_controlnet_sd_xl_img2img import StableDiffusionXLControlNetImg2ImgPipeline
 
 

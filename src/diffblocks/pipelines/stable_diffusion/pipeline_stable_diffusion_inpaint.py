@@ -13,6 +13,20 @@ import torch
 from .pipeline_stable_diffusion import StableDiffusionPipelineBase
 
 
+
+def check_mask_crop(image, mask_image, output_type, padding_mask_crop) -> None:
+    """With ``padding_mask_crop``, the image and mask must be PIL images and the output PIL (diffusers' rule)."""
+    if padding_mask_crop is None:
+        return
+    if not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"The image should be a PIL image when inpainting mask crop, but is of type {type(image)}.")
+    if not isinstance(mask_image, PIL.Image.Image):
+        raise ValueError(
+            f"The mask image should be a PIL image when inpainting mask crop, but is of type {type(mask_image)}."
+        )
+    if output_type != "pil":
+        raise ValueError(f"The output type should be PIL when inpainting mask crop, but is {output_type}.")
+
 class StableDiffusionInpaintPipeline(StableDiffusionPipelineBase):
     """Repaint the white area of ``mask_image`` in ``image`` guided by ``prompt``."""
 
@@ -67,18 +81,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionPipelineBase):
             raise ValueError("`image` input cannot be undefined.")
         if mask_image is None:
             raise ValueError("`mask_image` input cannot be undefined.")
-        if padding_mask_crop is not None:
-            if not isinstance(image, PIL.Image.Image):
-                raise ValueError(
-                    f"The image should be a PIL image when inpainting mask crop, but is of type {type(image)}."
-                )
-            if not isinstance(mask_image, PIL.Image.Image):
-                raise ValueError(
-                    "The mask image should be a PIL image when inpainting mask crop, but is of type"
-                    f" {type(mask_image)}."
-                )
-            if output_type != "pil":
-                raise ValueError(f"The output type should be PIL when inpainting mask crop, but is {output_type}.")
+        check_mask_crop(image, mask_image, output_type, padding_mask_crop)
         self._prepare_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
         state = self._run(
             callback_on_step_end,

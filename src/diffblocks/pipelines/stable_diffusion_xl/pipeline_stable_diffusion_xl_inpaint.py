@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import PIL.Image
 import torch
 
+from ..stable_diffusion.pipeline_stable_diffusion_inpaint import check_mask_crop
 from .pipeline_stable_diffusion_xl_img2img import StableDiffusionXLImg2ImgPipeline
 
 
@@ -83,18 +83,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
             raise ValueError("`image` input cannot be undefined.")
         if mask_image is None:
             raise ValueError("`mask_image` input cannot be undefined.")
-        if padding_mask_crop is not None:
-            if not isinstance(image, PIL.Image.Image):
-                raise ValueError(
-                    f"The image should be a PIL image when inpainting mask crop, but is of type {type(image)}."
-                )
-            if not isinstance(mask_image, PIL.Image.Image):
-                raise ValueError(
-                    "The mask image should be a PIL image when inpainting mask crop, but is of type"
-                    f" {type(mask_image)}."
-                )
-            if output_type != "pil":
-                raise ValueError(f"The output type should be PIL when inpainting mask crop, but is {output_type}.")
+        check_mask_crop(image, mask_image, output_type, padding_mask_crop)
         self._prepare_call_xl(guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs, denoising_end,
                               denoising_start)
         state = self._run_xl(

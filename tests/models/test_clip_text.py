@@ -270,3 +270,21 @@ def test_config_by_repo_id_needs_only_config_json(tmp_path, monkeypatch):
     assert config.hidden_act == "gelu" and not hasattr(config, "cache_dir")
     with pytest.raises(TypeError, match="subfolder"):
         CLIPTextConfig.from_pretrained("org/config-only", subfolder=3, cache_dir=str(tmp_path / "cache"))
+
+
+def test_gradient_checkpointing_through_both_names_gives_the_same_gradients():
+    model = CLIPTextModel(CLIPTextConfig(**_config("quick_gelu", 97)))
+    ids = _ids(97)
+    model.train()
+    model(ids)[0].sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()  # transformers' name
+    assert model.is_gradient_checkpointing and model.text_model.encoder.gradient_checkpointing
+    model(ids)[0].sum().backward()
+    for n, g in plain.items():
+        assert torch.allclose(dict(model.named_parameters())[n].grad, g, atol=1e-6), n
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+    model.enable_gradient_checkpointing()  # diffusers' name
+    assert model.is_gradient_checkpointing

@@ -67,7 +67,7 @@ def is_own_clip_class(cls: Any) -> bool:
 def supports_fast_load(cls: type) -> bool:
     """True when :func:`load_clip_text_model` can load ``cls``: diffblocks' CLIP text encoders, or the
     transformers CLIP text encoders it builds itself."""
-    if is_own_clip_class(cls) and isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+    if is_own_clip_class(cls) and issubclass(cls, torch.nn.Module):
         return True
     return (getattr(cls, "__module__", None), getattr(cls, "__name__", None)) in _FAST_CLASSES
 

@@ -469,21 +469,12 @@ class _CLIPTextBase(ModelMixin):
         return new
 
     # ---------------------------------------------------------------- transformers-style helpers
+    # transformers' names for ModelMixin's enable/disable_gradient_checkpointing
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        self.text_model.encoder.gradient_checkpointing = True
+        self.enable_gradient_checkpointing()
 
     def gradient_checkpointing_disable(self) -> None:
-        self.text_model.encoder.gradient_checkpointing = False
-
-    def enable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing_enable()
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing_disable()
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return bool(self.text_model.encoder.gradient_checkpointing)
+        self.disable_gradient_checkpointing()
 
     def can_generate(self) -> bool:
         return False

@@ -77,9 +77,6 @@ class BatchEncoding(dict):
                 self[key] = value.to(device)
         return self
 
-    def keys(self):  # noqa: D102 - dict API
-        return super().keys()
-
 
 def _token_content(value: Any) -> Optional[str]:
     if value is None or isinstance(value, str):

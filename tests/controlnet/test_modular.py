@@ -34,6 +34,9 @@ CASES = [
     ("sdxl", "controlnet", "StableDiffusionXLControlNetPipeline", True,
      dict(prompt="a cat", image=[CONTROL, CONTROL2], control_guidance_end=[0.5, 1.0]),
      dict(control_image=[CONTROL, CONTROL2], control_guidance_end=[0.5, 1.0])),
+    ("sdxl", "controlnet_img2img", "StableDiffusionXLControlNetImg2ImgPipeline", False,
+     dict(prompt="a cat", image=IMAGE, control_image=CONTROL, strength=0.9),
+     dict(image=IMAGE, control_image=CONTROL, strength=0.9, controlnet_conditioning_scale=0.8)),  # classic default
     ("sdxl", "controlnet_inpaint", "StableDiffusionXLControlNetInpaintPipeline", False,
      dict(prompt="a cat", image=IMAGE, mask_image=mask(), control_image=CONTROL, strength=0.9),
      dict(image=IMAGE, mask_image=mask(), control_image=CONTROL, strength=0.9)),

@@ -117,3 +117,26 @@ def test_inpaint_padding_mask_crop(cn_loaded):
     assert out["ours"].shape == (1, 32, 32, 3)
     # PIL output rounds to 1/255: allow one step
     assert float(np.abs(out["ours"] - out["theirs"]).max()) <= 1.0 / 255 + 1e-6
+
+
+def test_global_pool_conditions_forces_guess_mode_like_diffusers(cn_loaded):
+    # a ControlNet whose config says global_pool_conditions runs in guess mode even when guess_mode=False
+    import copy
+
+    import torch
+
+    from tests.controlnet._helpers import as_np, make
+
+    out = {}
+    for which in ("theirs", "ours"):
+        pipe = make(cn_loaded, which, "sd", "StableDiffusionControlNetPipeline")
+        kwargs = dict(prompt="a cat", image=CONTROL, num_inference_steps=2, output_type="np")
+        plain = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+        pooled_net = copy.deepcopy(pipe.controlnet)
+        pooled_net.register_to_config(global_pool_conditions=True)
+        pipe.controlnet = pooled_net
+        pooled = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+        out[which] = (as_np(plain), as_np(pooled))
+    ours, theirs = out["ours"], out["theirs"]
+    assert_close(ours[1], theirs[1])
+    assert np.abs(ours[1] - ours[0]).max() > 1e-4  # not the non-guess-mode image

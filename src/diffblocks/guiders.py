@@ -15,17 +15,26 @@ Denoisers pass every per-branch tensor through the guider as a ``(cond, uncond)`
 
 A merged batch holds ``cat([uncond, cond])`` for each field (unconditional rows first, as the classic pipelines
 order them). With ``batch_conditions=False`` the guider yields separate conditional then unconditional batches.
+
+``run`` drives that whole contract for one denoising step with a single call; our denoisers use it::
+
+    noise_pred = guider.run(predict, {"sample": (x, x), "encoder_hidden_states": (cond, uncond)}, i, n, t, unet)
+
+where ``predict(values, identifier)`` runs the model on one batch (``values`` maps each field to its batched
+value). ``BaseGuidance.run`` goes through ``set_state``/``prepare_inputs``/``prepare_models``/``__call__`` and works
+for any guider following the contract; ``ClassifierFreeGuidance.run`` does the same work for plain batched CFG
+without building batch objects (between two UNet calls every Python call and object touched pays cold caches).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from .configuration import ConfigMixin, register_to_config
 
-__all__ = ["ClassifierFreeGuidance", "GuiderBatch", "GuiderOutput", "rescale_noise_cfg"]
+__all__ = ["BaseGuidance", "ClassifierFreeGuidance", "GuiderBatch", "GuiderOutput", "rescale_noise_cfg"]
 
 
 class GuiderOutput(NamedTuple):
@@ -40,9 +49,7 @@ class GuiderBatch:
     """One model call's worth of inputs: fields are attributes; the denoiser stores ``noise_pred`` on it.
 
     ``identifier`` is ``"pred_cond"``, ``"pred_uncond"`` or ``"pred_merged"`` (unconditional rows first, then
-    conditional rows). A merged batch prepared for plain CFG also carries the guidance weight its combine uses
-    (``_cfg_weight``): guidance settings changed between ``prepare_inputs`` and the guider call apply from the
-    next step.
+    conditional rows).
     """
 
     def __init__(self, identifier: str, fields: Dict[str, Any]) -> None:
@@ -51,7 +58,7 @@ class GuiderBatch:
         self.__dict__["noise_pred"] = None
 
     def __repr__(self) -> str:
-        keys = ", ".join(k for k in self.__dict__ if k not in ("identifier", "noise_pred", "_cfg_weight"))
+        keys = ", ".join(k for k in self.__dict__ if k not in ("identifier", "noise_pred"))
         return f"GuiderBatch({self.identifier}: {keys})"
 
 
@@ -94,7 +101,61 @@ def _cat_pair(name: str, cond: Any, uncond: Any) -> Any:
     return torch.cat([uncond, cond])
 
 
-class ClassifierFreeGuidance(ConfigMixin):
+class BaseGuidance(ConfigMixin):
+    """Base of the guiders: subclasses implement diffusers' guider contract (``set_state``, ``prepare_inputs``,
+    ``prepare_models``/``cleanup_models``, ``__call__``); ``run`` drives it for one denoising step."""
+
+    def set_state(self, step: int, num_inference_steps: int, timestep: Any = None) -> None:
+        raise NotImplementedError
+
+    def prepare_inputs(self, data: Dict[str, Any]) -> List["GuiderBatch"]:
+        raise NotImplementedError
+
+    def prepare_models(self, model: torch.nn.Module) -> None:
+        """Hook run before each model call."""
+
+    def cleanup_models(self, model: torch.nn.Module) -> None:
+        """Hook run after each model call."""
+
+    def __call__(self, batches: List["GuiderBatch"]) -> GuiderOutput:
+        raise NotImplementedError
+
+    def run(
+        self,
+        predict: Callable[[Dict[str, Any], str], torch.Tensor],
+        inputs: Dict[str, Any],
+        step: int,
+        num_inference_steps: int,
+        timestep: Any = None,
+        model: Optional[torch.nn.Module] = None,
+    ) -> torch.Tensor:
+        """The guided prediction of one denoising step.
+
+        ``inputs`` maps each model input to a ``(cond, uncond)`` pair (or to one value shared by every batch);
+        ``predict(values, identifier)`` is called once per batch the guider needs, with ``values`` mapping each input
+        to that batch's value, and returns the model's prediction. ``model`` (if given) is passed to
+        ``prepare_models``/``cleanup_models`` around each call.
+        """
+        return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
+
+
+def drive_guider(guider: Any, predict: Callable[[Dict[str, Any], str], torch.Tensor], inputs: Dict[str, Any],
+                 step: int, num_inference_steps: int, timestep: Any = None,
+                 model: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """One step through the guider contract: ``BaseGuidance.run`` for any object implementing it (guiders
+    without a ``run`` method of their own, e.g. written against diffusers' interface)."""
+    guider.set_state(step, num_inference_steps, timestep)
+    batches = guider.prepare_inputs(inputs)
+    for batch in batches:
+        if model is not None:
+            guider.prepare_models(model)
+        batch.noise_pred = predict(batch.__dict__, batch.identifier)
+        if model is not None:
+            guider.cleanup_models(model)
+    return guider(batches)[0]
+
+
+class ClassifierFreeGuidance(BaseGuidance):
     """Classifier-free guidance: ``uncond + guidance_scale * (cond - uncond)``.
 
     Args:
@@ -109,6 +170,13 @@ class ClassifierFreeGuidance(ConfigMixin):
 
     config_name = "guider_config.json"
     _input_predictions = ("pred_cond", "pred_uncond")
+    #: ``run`` may skip the batch objects: False for subclasses overriding a method of the guider contract
+    _run_shortcut = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names = ("set_state", "prepare_inputs", "prepare_models", "cleanup_models", "__call__", "forward")
+        cls._run_shortcut = all(getattr(cls, n) is getattr(ClassifierFreeGuidance, n) for n in names)
 
     @register_to_config
     def __init__(
@@ -213,9 +281,6 @@ class ClassifierFreeGuidance(ConfigMixin):
             else:
                 fields[key] = self._merge(key, value, cache)
         self._count_prepared = 2
-        if self.guidance_rescale == 0.0 and not self.use_original_formulation:
-            # plain CFG: __call__ on this batch is one chunk and one lerp with this weight
-            fields["_cfg_weight"] = self.guidance_scale
         return [_merged_batch(fields)]
 
     @staticmethod
@@ -236,11 +301,43 @@ class ClassifierFreeGuidance(ConfigMixin):
                 resolved[key] = getattr(data, spec, None)
         return self.prepare_inputs(resolved)
 
-    def prepare_models(self, model: torch.nn.Module) -> None:
-        """Hook run before each model call (nothing to do for plain CFG)."""
-
-    def cleanup_models(self, model: torch.nn.Module) -> None:
-        """Hook run after each model call (nothing to do for plain CFG)."""
+    def run(self, predict, inputs, step, num_inference_steps, timestep=None, model=None) -> torch.Tensor:
+        """``BaseGuidance.run``: for plain CFG with batched conditions, one model call on the merged batch and one
+        lerp; other settings go through the guider contract."""
+        self._step = step
+        self._num_inference_steps = num_inference_steps
+        self._timestep = timestep
+        w = self.guidance_scale
+        if not (
+            self._run_shortcut
+            and self._enabled
+            and self.batch_conditions
+            and self.guidance_rescale == 0.0
+            and not self.use_original_formulation
+            and not math.isclose(w, 1.0)
+            and ((self._start == 0.0 and self._stop == 1.0)
+                 or int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps))
+        ):
+            return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
+        # the merged batch of prepare_inputs, without the batch object (numbers identical)
+        values = {}
+        cache = self._merged_cache
+        for key, value in inputs.items():
+            if type(value) is not tuple:
+                values[key] = value
+                continue
+            cond, uncond = value
+            if cond is uncond and type(cond) is torch.Tensor:
+                values[key] = torch.cat((cond, cond))
+                continue
+            hit = cache.get(key)
+            if hit is not None and hit[0] is cond and hit[1] is uncond:
+                values[key] = hit[2]
+            else:
+                values[key] = self._merge(key, value, cache)
+        self._count_prepared = 2
+        pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
+        return pred_uncond.lerp(pred_cond, w)
 
     def reset_cache(self) -> None:
         """Forget the concatenated embeddings kept between steps."""
@@ -250,12 +347,6 @@ class ClassifierFreeGuidance(ConfigMixin):
     def __call__(self, batches: List[GuiderBatch]) -> GuiderOutput:
         if len(batches) == 1:
             batch = batches[0]
-            weight = batch.__dict__.get("_cfg_weight")
-            if weight is not None:
-                # hot path of every CFG step, decided when the batch was prepared: two views and one lerp
-                # kernel. Right after the UNet forward every attribute lookup and call pays cold caches
-                pred_uncond, pred_cond = batch.noise_pred.chunk(2)
-                return tuple.__new__(GuiderOutput, (pred_uncond.lerp(pred_cond, weight), pred_cond, pred_uncond))
             pred = batch.noise_pred
             if batch.identifier != "pred_merged":
                 return self.forward(pred)

@@ -1,11 +1,16 @@
-"""The per-step fast paths (scale divisor tensors, Euler step plan, guider combine planned at prepare time) give
+"""The per-step fast paths (scale divisor tables, Euler step plan and ``next_sample``, the guider's ``run``) give
 exactly the numbers of the plain paths they shortcut."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from diffblocks import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler
+from diffblocks import (
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+)
 from diffblocks.guiders import ClassifierFreeGuidance, GuiderOutput
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -24,14 +29,33 @@ def test_scale_model_input_equals_division_by_the_python_float(cls, dtype):
         assert got.dtype == dtype and got.shape == x.shape
         assert torch.equal(got, x / ((sigmas[k] ** 2 + 1) ** 0.5)), (k, dtype)
     assert sched.is_scale_input_called
-    cached = sched.__dict__.get("_scale_divisors", {})
-    assert len(cached) == (len(sched.timesteps) if dtype == torch.float32 else 0)
-    assert all(d.dtype == torch.float32 and d.ndim == 0 for d in cached.values())
-    assert cls._scale_divisors == {}  # the class-level default is never written to
+    table = sched.__dict__.get("_divisor_table")
+    if dtype == torch.float32:  # one float32 0-d divisor per sigma, built once per schedule
+        assert table[0] is sched._sigma_values and len(table[1]) == len(sigmas)
+        assert all(d.dtype == torch.float32 and d.ndim == 0 for d in table[1])
+        sched.set_timesteps(3)  # a new schedule gets a new table
+        sched._step_index = 1
+        assert torch.equal(sched.scale_model_input(x, sched.timesteps[1]), x / ((sched.sigmas[1].item() ** 2 + 1) ** 0.5))
+        assert sched._divisor_table[0] is sched._sigma_values and len(sched._divisor_table[1]) == 4
+    else:
+        assert table is None
+    assert cls._divisor_table is None and cls._scale_divisors == {}  # class-level defaults never written to
+
+
+def test_scale_model_input_by_in_between_sigmas_uses_the_bounded_value_cache():
+    sched = KDPM2DiscreteScheduler(**SD)
+    sched.set_timesteps(4)
+    x = torch.randn(1, 4, 2, 2)
+    for t in sched.timesteps[:3]:
+        got = sched.scale_model_input(x, t)
+        sigma = sched._current_sigma_for_scaling()
+        assert torch.equal(got, x / ((sigma**2 + 1) ** 0.5))
+        sched.step(torch.randn(1, 4, 2, 2), t, x)
+    assert sched.__dict__.get("_divisor_table") is None and sched._scale_divisors
 
 
 def test_scale_divisor_cache_is_bounded():
-    sched = EulerDiscreteScheduler(**SD)
+    sched = KDPM2DiscreteScheduler(**SD)
     sched.set_timesteps(4)
     x = torch.ones(1, 1, 2, 2)
     sched.scale_model_input(x, sched.timesteps[0])
@@ -136,8 +160,6 @@ def test_guider_call_equals_forward(scale, rescale, original):
     (batch,) = g.prepare_inputs({"sample": (x, x), "encoder_hidden_states": (cond, uncond)})
     assert torch.equal(batch.sample, torch.cat([x, x]))
     assert torch.equal(batch.encoder_hidden_states, torch.cat([uncond, cond]))
-    assert ("_cfg_weight" in batch.__dict__) == (rescale == 0.0 and not original)
-    assert "_cfg_weight" not in repr(batch)
     batch.noise_pred = torch.randn(4, 4, 8, 8)
     out = g([batch])
     assert isinstance(out, GuiderOutput) and out._fields == ("pred", "pred_cond", "pred_uncond")
@@ -169,6 +191,156 @@ def test_guider_merged_embeddings_cached_per_run_and_latents_concatenated_every_
     # guidance off: one conditional batch, combine returns the conditional prediction
     off = ClassifierFreeGuidance(guidance_scale=1.0)
     (b,) = off.prepare_inputs({"sample": (x, x), "emb": (cond, uncond)})
-    assert b.identifier == "pred_cond" and b.emb is cond and "_cfg_weight" not in b.__dict__
+    assert b.identifier == "pred_cond" and b.emb is cond
     b.noise_pred = torch.randn(1, 2)
     assert off([b]).pred is b.noise_pred
+
+
+# ------------------------------------------------------------------------------------------ scheduler.next_sample
+@pytest.mark.parametrize("cls", [EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, LMSDiscreteScheduler,
+                                 KDPM2DiscreteScheduler])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_next_sample_walks_the_same_path_as_step(cls, prediction_type):
+    runs = []
+    for use_next in (False, True):
+        sched = cls(**SD, prediction_type=prediction_type)
+        sched.set_timesteps(7)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 8, 8, generator=gen) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            eps = torch.sin(sched.scale_model_input(x, t) * 3.0)
+            kwargs = {"generator": torch.Generator().manual_seed(int(t))} if cls is EulerAncestralDiscreteScheduler else {}
+            if use_next:
+                x = sched.next_sample(eps, t, x, **kwargs)
+            else:
+                x = sched.step(eps, t, x, return_dict=False, **kwargs)[0]
+        runs.append((x, sched.step_index))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_euler_next_sample_falls_back_to_step_for_churn_half_precision_and_integer_timesteps():
+    sched = EulerDiscreteScheduler(**SD)
+    sched.set_timesteps(5)
+    x = torch.randn(1, 4, 4, 4)
+    t0, t1 = sched.timesteps[0], sched.timesteps[1]
+    sched.scale_model_input(x, t0)
+    first = sched.next_sample(torch.ones_like(x), t0, x)  # builds the plan
+    ref = EulerDiscreteScheduler(**SD)
+    ref.set_timesteps(5)
+    ref.scale_model_input(x, t0)
+    assert torch.equal(first, ref.step(torch.ones_like(x), t0, x).prev_sample)
+    # churn draws noise: the generator reaches step()
+    churned = [sched.__class__(**SD) for _ in range(2)]
+    outs = []
+    for s in churned:
+        s.set_timesteps(5)
+        s.scale_model_input(x, t0)
+        outs.append(s.next_sample(torch.ones_like(x), t0, x, s_churn=1.0, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], first)
+    # float16 goes through step (which upcasts), with the same result
+    h = x.half()
+    a, b = EulerDiscreteScheduler(**SD), EulerDiscreteScheduler(**SD)
+    for s in (a, b):
+        s.set_timesteps(5)
+        s.scale_model_input(h, t0)
+    assert torch.equal(a.next_sample(h, t0, h), b.step(h, t0, h).prev_sample)
+    with pytest.raises(ValueError, match="[Ii]nteger"):
+        sched.next_sample(torch.ones_like(x), torch.tensor(1), x)
+    assert sched.step_index == 1  # a rejected call does not advance
+
+
+# ------------------------------------------------------------------------------------------ guider.run
+def _run_both(guider_kwargs, inputs, step=0, steps=10):
+    from diffblocks.guiders import drive_guider
+
+    calls = []
+
+    def predict(values, identifier):
+        calls.append((identifier, {k: v for k, v in values.items() if k in inputs}))
+        x, e = values["sample"], values["emb"]
+        return torch.tanh(x * e.mean(dim=(1, 2), keepdim=True)[..., None] + x.shape[0])
+
+    fast = ClassifierFreeGuidance(**guider_kwargs).run(predict, inputs, step, steps, 500)
+    fast_calls = list(calls)
+    calls.clear()
+    slow = drive_guider(ClassifierFreeGuidance(**guider_kwargs), predict, inputs, step, steps, 500)
+    return fast, slow, fast_calls, list(calls)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(guidance_scale=7.5), dict(guidance_scale=3.0, guidance_rescale=0.7), dict(guidance_scale=2.0, use_original_formulation=True),
+    dict(guidance_scale=5.0, batch_conditions=False), dict(guidance_scale=1.0), dict(guidance_scale=6.0, enabled=False),
+    dict(guidance_scale=6.0, start=0.5), dict(guidance_scale=6.0, stop=0.2),
+])
+def test_guider_run_gives_the_contract_path_numbers(kwargs):
+    x = torch.randn(2, 4, 3, 3)
+    cond, uncond = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
+    fast, slow, fast_calls, slow_calls = _run_both(kwargs, {"sample": (x, x), "emb": (cond, uncond)}, step=3)
+    assert torch.equal(fast, slow)
+    assert [c[0] for c in fast_calls] == [c[0] for c in slow_calls]
+    for (_, a), (_, b) in zip(fast_calls, slow_calls):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    g = ClassifierFreeGuidance(**kwargs)
+    g.set_state(3, 10)
+    expected = ["pred_merged"] if g.num_conditions == 2 and g.batch_conditions else (
+        ["pred_cond", "pred_uncond"] if g.num_conditions == 2 else ["pred_cond"])
+    assert [c[0] for c in fast_calls] == expected
+
+
+def test_guider_run_concatenates_embeddings_once_and_keeps_the_step_state():
+    g = ClassifierFreeGuidance(guidance_scale=4.0)
+    cond, uncond = torch.randn(1, 3, 4), torch.randn(1, 3, 4)
+    seen = []
+
+    def predict(values, identifier):
+        seen.append(values["emb"])
+        return torch.cat([values["sample"], values["sample"] + 1])[:2]
+
+    for i in range(3):
+        x = torch.full((1, 2), float(i))
+        g.run(predict, {"sample": (x, x), "emb": (cond, uncond), "shared": 7}, i, 3, 10 - i)
+        assert (g._step, g._num_inference_steps, g._timestep) == (i, 3, 10 - i)
+    assert seen[0] is seen[1] is seen[2] and torch.equal(seen[0], torch.cat([uncond, cond]))
+    with pytest.raises(ValueError, match="'emb': the unconditional value is None"):
+        g.run(predict, {"sample": (x, x), "emb": (cond, None)}, 0, 3)
+
+
+def test_guider_run_honours_overridden_contract_methods_and_duck_typed_guiders():
+    from diffblocks.guiders import drive_guider
+
+    events = []
+
+    class Hooked(ClassifierFreeGuidance):
+        def prepare_models(self, model):
+            events.append(("prepare", model))
+
+        def cleanup_models(self, model):
+            events.append(("cleanup", model))
+
+    x = torch.randn(1, 2)
+    model = torch.nn.Identity()
+    out = Hooked(guidance_scale=3.0).run(lambda v, i: v["sample"] * 2, {"sample": (x, x)}, 0, 1, None, model)
+    assert events == [("prepare", model), ("cleanup", model)]
+    assert torch.equal(out, (x * 2).lerp(x * 2, 3.0))
+
+    class DuckGuider:  # diffusers' guider interface only, no run()
+        def set_state(self, step, num_inference_steps, timestep=None):
+            self.state = (step, num_inference_steps, timestep)
+
+        def prepare_inputs(self, data):
+            from diffblocks.guiders import GuiderBatch
+
+            return [GuiderBatch("pred_cond", {k: v[0] if isinstance(v, tuple) else v for k, v in data.items()})]
+
+        def prepare_models(self, model):
+            events.append("duck-prepare")
+
+        def cleanup_models(self, model):
+            pass
+
+        def __call__(self, batches):
+            return (batches[0].noise_pred + 1,)
+
+    duck = DuckGuider()
+    got = drive_guider(duck, lambda v, i: v["sample"] * 3, {"sample": (x, x)}, 2, 5, 9, model)
+    assert torch.equal(got, x * 3 + 1) and duck.state == (2, 5, 9) and events[-1] == "duck-prepare"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -208,28 +208,14 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
     ):
         """Move ``sample`` from this step's sigma to the next one with one Euler step."""
-        # Right after a UNet forward every line of Python and every distinct kernel touched pays cold caches: the
-        # common case (epsilon, float32, no churn, index known) reads two ready floats and runs two `add` kernels
-        i = self._step_index
-        fast = self._fast_plan
-        if (
-            fast is not None
-            and i is not None
-            and not s_churn
-            and fast[0] is self._internal_dict
-            and self.is_scale_input_called
-            and type(timestep) is not int
-            and sample.dtype is _F32
-            and model_output.dtype is _F32
-        ):
-            entry = fast[1][i]
-            if entry is not None and (not isinstance(timestep, torch.Tensor) or timestep.is_floating_point()):
-                x0 = sample.add(model_output, alpha=entry[0])
-                prev = sample.add(model_output, alpha=entry[1])
-                self._step_index = i + 1
-                if not return_dict:
-                    return (prev, x0)
-                return SchedulerOutputWithX0(prev_sample=prev, pred_original_sample=x0)
+        entry = None if s_churn else self._plain_entry(model_output, timestep, sample)
+        if entry is not None:
+            x0 = sample.add(model_output, alpha=entry[0])
+            prev = sample.add(model_output, alpha=entry[1])
+            self._step_index += 1
+            if not return_dict:
+                return (prev, x0)
+            return SchedulerOutputWithX0(prev_sample=prev, pred_original_sample=x0)
         if type(timestep) is int or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
             reject_integer_timestep(timestep, type(self).__name__)
         if self.num_inference_steps is None:
@@ -257,6 +243,7 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         dt = sigma_next - sigma_hat
         kind = self._internal_dict["prediction_type"]
         if kind == "epsilon":
+            fast = self._fast_plan
             if fast is None or fast[0] is not self._internal_dict:
                 self._fast_plan = (self._internal_dict, self._epsilon_plan())
             x0 = sample.add(model_output, alpha=-sigma_hat)
@@ -283,6 +270,36 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev, x0)
         return SchedulerOutputWithX0(prev_sample=prev, pred_original_sample=x0)
+
+    def _plain_entry(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor):
+        """``(-sigma, sigma_next - sigma)`` when this step folds into single adds (``_epsilon_plan``): epsilon
+        prediction on float32, index known, plan built for the current config; else None (the general path)."""
+        fast = self._fast_plan
+        i = self._step_index
+        if (
+            fast is None
+            or i is None
+            or fast[0] is not self._internal_dict
+            or not self.is_scale_input_called
+            or type(timestep) is int
+            or sample.dtype is not _F32
+            or model_output.dtype is not _F32
+        ):
+            return None
+        entry = fast[1][i]
+        if entry is not None and isinstance(timestep, torch.Tensor) and not timestep.is_floating_point():
+            return None
+        return entry
+
+    def next_sample(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, s_churn: float = 0.0,
+                    **kwargs: Any) -> torch.Tensor:
+        """``step(...).prev_sample``; a plain epsilon step skips computing ``pred_original_sample`` (one add)."""
+        entry = None if s_churn else self._plain_entry(model_output, timestep, sample)
+        if entry is None:
+            return self.step(model_output, timestep, sample, s_churn=s_churn, return_dict=False, **kwargs)[0]
+        prev = sample.add(model_output, alpha=entry[1])
+        self._step_index += 1
+        return prev
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target at ``timesteps`` (values of ``self.timesteps``)."""

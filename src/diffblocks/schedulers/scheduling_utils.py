@@ -378,6 +378,12 @@ class SchedulerMixin:
         if "set_timesteps" in cls.__dict__:
             cls.set_timesteps = _guard_set_timesteps(cls.__dict__["set_timesteps"])
 
+    def next_sample(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """``step(model_output, timestep, sample, **kwargs).prev_sample`` without the output object: the sample at
+        the next timestep. Schedulers that can skip work only the output object carries (Euler's
+        ``pred_original_sample``) override it with the same numbers; the denoise loops call this."""
+        return self.step(model_output, timestep, sample, return_dict=False, **kwargs)[0]
+
     @classmethod
     def from_pretrained(
         cls,
@@ -502,17 +508,34 @@ class SigmaIndexMixin:
     def _current_sigma_for_scaling(self) -> float:
         return self._sigma_values[self._step_index]
 
+    #: ``(the _sigma_values list it was built for, [float32 0-d sqrt(sigma**2 + 1) per step index])``
+    _divisor_table: Optional[Tuple[List[float], List[torch.Tensor]]] = None
+
     def scale_model_input(self, sample: torch.Tensor, timestep: Union[float, torch.Tensor]) -> torch.Tensor:
         """Divide the sample by sqrt(sigma**2 + 1) so the model sees unit-variance input."""
-        if self._step_index is None:
+        i = self._step_index
+        if i is None:
             self._init_step_index(timestep)
-        sigma = self._current_sigma_for_scaling()
+            i = self._step_index
         self.is_scale_input_called = True
+        # float32 on CPU (every denoising step): one division by a ready 0-d float32 tensor, the same numbers as
+        # dividing by the Python float (the kernel reads both as one float32 scalar) without wrapping a new scalar
+        # tensor per call. Right after a UNet forward every Python call and object touched pays cold caches, so
+        # the table is read here directly
+        table = self._divisor_table
+        if table is not None and table[0] is self._sigma_values and sample.dtype is _F32 and sample.is_cpu:
+            return sample.div(table[1][i])
+        return self._scale_by_sigma(sample)
+
+    def _scale_by_sigma(self, sample: torch.Tensor) -> torch.Tensor:
+        sigma = self._current_sigma_for_scaling()
         if sample.dtype is _F32 and sample.is_cpu:
-            # dividing by a ready float32 0-d tensor gives the same numbers as dividing by the Python float (the
-            # kernel reads both as one float32 scalar) but skips wrapping a new scalar tensor on every call, the
-            # costliest part of this call right after a UNet forward has flushed the caches (float16/bfloat16
-            # would round alike too; they keep the plain path, rare on CPU)
+            if type(self)._current_sigma_for_scaling is SigmaIndexMixin._current_sigma_for_scaling:
+                values = self._sigma_values
+                divisors = [torch.tensor((s**2 + 1) ** 0.5, dtype=torch.float32) for s in values]
+                self._divisor_table = (values, divisors)
+                return sample.div(divisors[self._step_index])
+            # schedulers scaling by in-between sigmas (KDPM2): divisors cached by value
             divisor = self._scale_divisors.get(sigma)
             if divisor is None:
                 divisor = self._scale_divisor(sigma)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+from functools import partial
 from typing import Any, Dict, List, Tuple
 
 import torch
 
+from ...guiders import drive_guider
 from .. import ComponentSpec, InputParam, LoopSequentialPipelineBlocks, ModularPipelineBlocks, OutputParam
 from .encoders import DENOISER_FIELDS, MODEL_NAME, guider_spec, unet_spec
 
@@ -166,31 +168,32 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
         ]
 
     def __call__(self, components, block_state, i: int, t: Any):
-        guider = components.guider
-        guider.set_state(i, block_state.num_inference_steps, t)
         x = block_state.scaled_latents
         fields = {
             "sample": (x, x),
             "encoder_hidden_states": (block_state.prompt_embeds, getattr(block_state, "negative_prompt_embeds", None)),
         }
-        ip = ip_adapter_fields(block_state, x.shape[0])
+        ip = ip_adapter_fields(block_state, x.shape[0]) if "ip_adapter_embeds" in block_state.__dict__ else None
         if ip is not None:
             fields["image_embeds"] = ip
-        batches = guider.prepare_inputs(fields)
         unet = components.unet
-        for batch in batches:
-            guider.prepare_models(unet)
-            batch.noise_pred = unet(
-                batch.sample,
+        timestep_cond = block_state.timestep_cond
+        attention_kwargs = block_state.cross_attention_kwargs
+
+        def predict(values, identifier):
+            return unet(
+                values["sample"],
                 t,
-                encoder_hidden_states=batch.encoder_hidden_states,
-                timestep_cond=block_state.timestep_cond,
-                cross_attention_kwargs=block_state.cross_attention_kwargs,
-                added_cond_kwargs=None if ip is None else {"image_embeds": batch.image_embeds},
+                encoder_hidden_states=values["encoder_hidden_states"],
+                timestep_cond=timestep_cond,
+                cross_attention_kwargs=attention_kwargs,
+                added_cond_kwargs=None if ip is None else {"image_embeds": values["image_embeds"]},
                 return_dict=False,
             )[0]
-            guider.cleanup_models(unet)
-        block_state.noise_pred = guider(batches)[0]
+
+        guider = components.guider
+        run = getattr(guider, "run", None) or partial(drive_guider, guider)
+        block_state.noise_pred = run(predict, fields, i, block_state.num_inference_steps, t, unet)
         return components, block_state
 
 
@@ -219,7 +222,12 @@ class StableDiffusionLoopAfterDenoiser(ModularPipelineBlocks):
             kwargs = scheduler_step_kwargs(components.scheduler, block_state.generator, block_state.eta)
             block_state.__dict__["_step_kwargs"] = kwargs
         latents = block_state.latents
-        out = components.scheduler.step(block_state.noise_pred, t, latents, **kwargs, return_dict=False)[0]
+        scheduler = components.scheduler
+        advance = getattr(scheduler, "next_sample", None)
+        if advance is not None:
+            out = advance(block_state.noise_pred, t, latents, **kwargs)
+        else:  # a scheduler written against diffusers' interface
+            out = scheduler.step(block_state.noise_pred, t, latents, **kwargs, return_dict=False)[0]
         if out.dtype != latents.dtype:
             out = out.to(latents.dtype)
         block_state.latents = out
@@ -310,46 +318,42 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
             tensor_names = callback.tensor_inputs
         last = len(timesteps) - 1
         interruptible = hasattr(components, "_interrupt")
+        # the sub-blocks' bound __call__ methods, resolved once per run (``loop_step`` without re-walking
+        # ``sub_blocks`` and re-resolving each block's __call__ every step); a subclass's own loop_step is honoured
+        if type(self).loop_step is LoopSequentialPipelineBlocks.loop_step:
+            calls = tuple((name, block, block.__call__) for name, block in self.sub_blocks.items())
+        else:
+            calls = None
         guider.reset_cache()
         try:
             # a classic pipeline holding the components has its own progress-bar settings
             make_bar = getattr(components, "progress_bar", None)
             make_bar = make_bar if callable(make_bar) else self.progress_bar
             with make_bar(total=bs.num_inference_steps) as bar:
+                update = None if getattr(bar, "disable", False) else bar.update
                 for i, t in enumerate(timesteps):
                     if interruptible and components._interrupt:
                         continue
-                    components, bs = self._step(components, bs, i, t)
+                    if calls is None:
+                        components, bs = self.loop_step(components, bs, i=i, t=t)
+                    else:
+                        entry = None
+                        try:
+                            for entry in calls:
+                                components, bs = entry[2](components, bs, i=i, t=t)
+                        except Exception as err:
+                            self._report_error(entry[0], entry[1], err)
+                            raise
                     if callback is not None:
                         self._run_callback(components, bs, callback, tensor_names, i, t)
-                    if i == last or ((i + 1) > warmup and (i + 1) % order == 0):
-                        bar.update()
+                    if update is not None and (i == last or ((i + 1) > warmup and (i + 1) % order == 0)):
+                        update()
         finally:
             guider.reset_cache()
-            self.__dict__.pop("_fast_steps", None)
         bs.__dict__.pop("_step_kwargs", None)
         bs.__dict__.pop("_ip_embeds", None)
         self.set_block_state(state, bs)
         return components, state
-
-    def _step(self, components, bs, i, t):
-        # same as ``loop_step`` (which a subclass may override) without re-walking ``sub_blocks`` every step
-        if type(self).loop_step is not LoopSequentialPipelineBlocks.loop_step:
-            return self.loop_step(components, bs, i=i, t=t)
-        steps = self.__dict__.get("_fast_steps")
-        if steps is None:
-            steps = tuple(self.sub_blocks.items())
-            self.__dict__["_fast_steps"] = steps
-        name = block = None
-        try:
-            for name, block in steps:
-                components, bs = block(components, bs, i=i, t=t)
-        except Exception as err:
-            report = getattr(self, "_report_error", None)
-            if report is not None:
-                report(name, block, err)
-            raise
-        return components, bs
 
     @staticmethod
     def _run_callback(components, bs, callback, names, i, t) -> None:

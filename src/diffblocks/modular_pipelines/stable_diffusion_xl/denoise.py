@@ -4,10 +4,12 @@ Conditional and unconditional rows go through the UNet in one batched call (see 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, List
 
 import torch
 
+from ...guiders import drive_guider
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks
 from ..stable_diffusion.denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -63,8 +65,6 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
         ]
 
     def __call__(self, components, block_state, i: int, t: Any):
-        guider = components.guider
-        guider.set_state(i, block_state.num_inference_steps, t)
         x = block_state.scaled_latents
         get = block_state.__dict__.get
         fields = {
@@ -73,27 +73,30 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
             "text_embeds": (block_state.pooled_prompt_embeds, get("negative_pooled_prompt_embeds")),
             "time_ids": (block_state.add_time_ids, get("negative_add_time_ids")),
         }
-        ip = ip_adapter_fields(block_state, x.shape[0])
+        ip = ip_adapter_fields(block_state, x.shape[0]) if "ip_adapter_embeds" in block_state.__dict__ else None
         if ip is not None:
             fields["image_embeds"] = ip
-        batches = guider.prepare_inputs(fields)
         unet = components.unet
-        for batch in batches:
-            guider.prepare_models(unet)
-            added = {"text_embeds": batch.text_embeds, "time_ids": batch.time_ids}
+        timestep_cond = block_state.timestep_cond
+        attention_kwargs = block_state.cross_attention_kwargs
+
+        def predict(values, identifier):
+            added = {"text_embeds": values["text_embeds"], "time_ids": values["time_ids"]}
             if ip is not None:
-                added["image_embeds"] = batch.image_embeds
-            batch.noise_pred = unet(
-                batch.sample,
+                added["image_embeds"] = values["image_embeds"]
+            return unet(
+                values["sample"],
                 t,
-                encoder_hidden_states=batch.encoder_hidden_states,
-                timestep_cond=block_state.timestep_cond,
-                cross_attention_kwargs=block_state.cross_attention_kwargs,
+                encoder_hidden_states=values["encoder_hidden_states"],
+                timestep_cond=timestep_cond,
+                cross_attention_kwargs=attention_kwargs,
                 added_cond_kwargs=added,
                 return_dict=False,
             )[0]
-            guider.cleanup_models(unet)
-        block_state.noise_pred = guider(batches)[0]
+
+        guider = components.guider
+        run = getattr(guider, "run", None) or partial(drive_guider, guider)
+        block_state.noise_pred = run(predict, fields, i, block_state.num_inference_steps, t, unet)
         return components, block_state
 
 

@@ -303,7 +303,7 @@ class ClassifierFreeGuidance(BaseGuidance):
 
     def run(self, predict, inputs, step, num_inference_steps, timestep=None, model=None) -> torch.Tensor:
         """``BaseGuidance.run``: for plain CFG with batched conditions, one model call on the merged batch and one
-        lerp; other settings go through the guider contract."""
+        combine; other settings go through the guider contract."""
         self._step = step
         self._num_inference_steps = num_inference_steps
         self._timestep = timestep
@@ -337,7 +337,9 @@ class ClassifierFreeGuidance(BaseGuidance):
                 values[key] = self._merge(key, value, cache)
         self._count_prepared = 2
         pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
-        return pred_uncond.lerp(pred_cond, w)
+        # forward()'s uncond + w * (cond - uncond) in `add` kernels, the kernel the scheduler step runs next (its
+        # code is warm by then)
+        return pred_uncond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=w)
 
     def reset_cache(self) -> None:
         """Forget the concatenated embeddings kept between steps."""
@@ -361,11 +363,11 @@ class ClassifierFreeGuidance(BaseGuidance):
         """Combine branch predictions; with guidance off (or no ``pred_uncond``) the conditional one is returned."""
         if pred_uncond is None or not self._is_cfg_enabled():
             return GuiderOutput(pred_cond, pred_cond, pred_uncond)
-        # one fused kernel: lerp(a, b, w) = a + w * (b - a) (equal to the textbook formula up to rounding)
+        # diffusers' formulas, written as `add` kernels: add(a, b, alpha=w) = a + w * b
         if self.use_original_formulation:
-            pred = torch.lerp(pred_cond, pred_uncond, -self.guidance_scale)
+            pred = pred_cond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=self.guidance_scale)
         else:
-            pred = torch.lerp(pred_uncond, pred_cond, self.guidance_scale)
+            pred = pred_uncond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=self.guidance_scale)
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
         return GuiderOutput(pred, pred_cond, pred_uncond)

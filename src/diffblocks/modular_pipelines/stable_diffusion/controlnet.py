@@ -11,10 +11,12 @@ rows get zero residuals. SDXL subclasses the denoiser to add ``text_embeds``/``t
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ...guiders import drive_guider
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks, OutputParam
 from .denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -368,8 +370,6 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
     # -------------------------------------------------------------------------- step
     def __call__(self, components, block_state, i: int, t: Any):
         bs = block_state
-        guider = components.guider
-        guider.set_state(i, bs.num_inference_steps, t)
         controlnet, unet = components.controlnet, components.unet
         x = bs.scaled_latents
         cond_image = bs.controlnet_cond
@@ -378,7 +378,6 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
         data = {"sample": (x, x), **fields}
         if not guess:
             data["controlnet_cond"] = (cond_image, cond_image)
-        batches = guider.prepare_inputs(data)
         scale = step_scale(bs.conditioning_scale, bs.controlnet_keep[i])
         channels = controlnet_nets(controlnet)[0].config.in_channels
         guess_residuals = None
@@ -390,35 +389,38 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
                 controlnet_cond=cond_image, conditioning_scale=scale, guess_mode=True,
                 added_cond_kwargs=self._controlnet_added(cond_values), return_dict=False,
             )
-        for batch in batches:
-            values = {k: getattr(batch, k) for k in fields}
+        timestep_cond, attention_kwargs = bs.timestep_cond, bs.cross_attention_kwargs
+
+        def predict(batch: Dict[str, Any], identifier: str) -> torch.Tensor:
+            values = {k: batch[k] for k in fields}
             if guess:
                 down, mid = guess_residuals
-                if batch.identifier == "pred_merged":
+                if identifier == "pred_merged":
                     down = [torch.cat([torch.zeros_like(d), d]) for d in down]
                     mid = torch.cat([torch.zeros_like(mid), mid])
-                elif batch.identifier == "pred_uncond":
+                elif identifier == "pred_uncond":
                     down, mid = None, None
             else:
                 down, mid = controlnet(
-                    batch.sample[:, :channels], t, encoder_hidden_states=batch.encoder_hidden_states,
-                    controlnet_cond=batch.controlnet_cond, conditioning_scale=scale, guess_mode=False,
+                    batch["sample"][:, :channels], t, encoder_hidden_states=batch["encoder_hidden_states"],
+                    controlnet_cond=batch["controlnet_cond"], conditioning_scale=scale, guess_mode=False,
                     added_cond_kwargs=self._controlnet_added(values), return_dict=False,
                 )
-            guider.prepare_models(unet)
-            batch.noise_pred = unet(
-                batch.sample,
+            return unet(
+                batch["sample"],
                 t,
-                encoder_hidden_states=batch.encoder_hidden_states,
-                timestep_cond=bs.timestep_cond,
-                cross_attention_kwargs=bs.cross_attention_kwargs,
+                encoder_hidden_states=batch["encoder_hidden_states"],
+                timestep_cond=timestep_cond,
+                cross_attention_kwargs=attention_kwargs,
                 added_cond_kwargs=self._unet_added(values),
                 down_block_additional_residuals=down,
                 mid_block_additional_residual=mid,
                 return_dict=False,
             )[0]
-            guider.cleanup_models(unet)
-        bs.noise_pred = guider(batches)[0]
+
+        guider = components.guider
+        run = getattr(guider, "run", None) or partial(drive_guider, guider)
+        bs.noise_pred = run(predict, data, i, bs.num_inference_steps, t, unet)
         return components, bs
 
 

@@ -4,8 +4,9 @@ Implementations: ``diffblocks_classic`` (StableDiffusionXLPipeline), ``diffblock
 (StableDiffusionXLAutoBlocks().init_pipeline), and the same two from diffusers. Every run: CFG on (guidance 7.5),
 batch 1, EulerDiscrete, 32x32, latent output, one intra-op thread; 1 warm-up call then 4 calls of 11 steps.
 
-* step time: median interval between consecutive ``scheduler.step`` calls (one per denoising step, whatever
-  number of UNet calls the step makes).
+* step time: median interval between consecutive scheduler steps (one per denoising step, whatever number of UNet
+  calls the step makes): calls of ``scheduler.step``, or of ``scheduler.next_sample``, which diffblocks' loops call
+  instead (the outermost call is marked: a ``next_sample`` falling back to ``step`` counts once).
 * non-UNet time per step: the step interval minus the time spent inside ``unet.forward`` during it.
 * ``_stub_unet``: the UNet forward returns one precomputed prediction (the step interval is then the pipeline's own
   work only).
@@ -122,11 +123,20 @@ def measure(impl: str, overhead: bool, stub_unet: bool = False) -> float:
     pipe, run = _make(impl)
     steps_at, unet_spans = [], []
     scheduler, unet = pipe.scheduler, pipe.unet
-    step, forward = scheduler.step, unet.forward
+    forward = unet.forward
+    depth = [0]
 
-    def timed_step(*args, **kwargs):
-        steps_at.append(time.perf_counter())
-        return step(*args, **kwargs)
+    def timed(method):
+        def timed_step(*args, **kwargs):
+            if not depth[0]:
+                steps_at.append(time.perf_counter())
+            depth[0] += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return timed_step
 
     canned = []
 
@@ -141,7 +151,9 @@ def measure(impl: str, overhead: bool, stub_unet: bool = False) -> float:
         unet_spans.append((t0, time.perf_counter()))
         return out
 
-    scheduler.step = timed_step
+    scheduler.step = timed(scheduler.step)
+    if hasattr(scheduler, "next_sample"):
+        scheduler.next_sample = timed(scheduler.next_sample)
     unet.forward = timed_forward
     values = []
     for rep in range(5):

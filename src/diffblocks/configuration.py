@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import PosixPath, Path
@@ -139,8 +140,13 @@ def register_to_config(init):
         defaulted = [name for name in recorded if name not in init_kwargs]
         if defaulted:
             recorded["_use_default_values"] = defaulted
-        self.register_to_config(**{**private_kwargs, **recorded})
-        init(self, *args, **init_kwargs)
+        _IN_CONFIG_INIT.depth = getattr(_IN_CONFIG_INIT, "depth", 0) + 1
+        try:
+            self.register_to_config(**{**private_kwargs, **recorded})
+            init(self, *args, **init_kwargs)
+        finally:
+            _IN_CONFIG_INIT.depth -= 1
+        _expose_config_keys(type(self), self.__dict__["_internal_dict"], self.__dict__)
 
     return wrapped_init
 
@@ -177,6 +183,65 @@ def _commit_hash_from_path(path: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
+class _DeprecatedConfigAttribute:
+    """``obj.key`` reading ``obj.config.key`` with a FutureWarning, for a config key that is not an attribute of the
+    object (deprecated diffusers behaviour, kept so old scripts run).
+
+    A non-data descriptor on the class rather than a ``__getattr__`` on ConfigMixin: attributes in the instance
+    dict still win, and classes without ``__getattr__`` keep CPython's specialised attribute loads (the schedulers'
+    and guiders' per-step methods read a dozen attributes each, right after the UNet has flushed the caches).
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Optional[type] = None) -> Any:
+        if obj is not None:
+            internal = obj.__dict__.get("_internal_dict")
+            if internal is not None and self.name in internal:
+                cls_name = type(obj).__name__
+                warnings.warn(
+                    f"Accessing config attribute `{self.name}` directly via '{cls_name}' object attribute is "
+                    f"deprecated. Please access '{self.name}' over '{cls_name}'s config object instead, e.g. "
+                    f"'obj.config.{self.name}'.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                return internal[self.name]
+        raise AttributeError(f"'{(objtype or type(obj)).__name__}' object has no attribute '{self.name}'")
+
+
+_IN_CONFIG_INIT = threading.local()
+
+
+def _expose_config_keys(cls: type, keys: Any, attributes: Dict[str, Any]) -> None:
+    """Give ``cls`` a :class:`_DeprecatedConfigAttribute` for each config key that neither a class in its MRO nor
+    the instance (``attributes``, its ``__dict__`` after ``__init__``) defines. Keys an instance holds as
+    attributes get no descriptor: CPython (3.11) does not specialise loads of an instance attribute that a class
+    descriptor shadows. Torch modules keep their own ``__getattr__`` fallback, which already covers config keys."""
+    done = cls.__dict__.get("_exposed_config_keys")
+    if done is None:
+        if _is_torch_module(cls):
+            return
+        done = set()
+        type.__setattr__(cls, "_exposed_config_keys", done)
+    for name in keys:
+        if name in done or name in attributes or not isinstance(name, str) or not name.isidentifier():
+            continue
+        done.add(name)
+        if not any(name in klass.__dict__ for klass in cls.__mro__):
+            type.__setattr__(cls, name, _DeprecatedConfigAttribute(name))
+
+
+def _is_torch_module(cls: type) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and issubclass(cls, torch.nn.Module)
+
+
 class ConfigMixin:
     """Mixin giving a class a frozen ``config`` recorded from its ``__init__`` arguments.
 
@@ -200,6 +265,9 @@ class ConfigMixin:
         kwargs.pop("kwargs", None)
         current = self.__dict__.get("_internal_dict")
         merged = {**current, **kwargs} if current is not None else kwargs
+        if not getattr(_IN_CONFIG_INIT, "depth", 0):
+            # keys added after construction (a decorated __init__ exposes its keys once it has run)
+            _expose_config_keys(type(self), kwargs, self.__dict__)
         # object.__setattr__ keeps torch.nn.Module.__setattr__ (and its checks) out of the way
         object.__setattr__(self, "_internal_dict", FrozenDict(merged))
 
@@ -207,20 +275,6 @@ class ConfigMixin:
     def config(self) -> FrozenDict:
         """The frozen configuration this object was built with."""
         return self.__dict__["_internal_dict"]
-
-    def __getattr__(self, name: str) -> Any:
-        # Deprecated diffusers behaviour kept for drop-in compatibility: `obj.key` reads `obj.config.key`.
-        internal = self.__dict__.get("_internal_dict")
-        if internal is not None and name in internal:
-            cls_name = type(self).__name__
-            warnings.warn(
-                f"Accessing config attribute `{name}` directly via '{cls_name}' object attribute is deprecated. "
-                f"Please access '{name}' over '{cls_name}'s config object instead, e.g. 'obj.config.{name}'.",
-                FutureWarning,
-                stacklevel=2,
-            )
-            return internal[name]
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     # ------------------------------------------------------------------ serialisation
     def to_json_string(self) -> str:

@@ -197,13 +197,15 @@ class ClassifierFreeGuidance(BaseGuidance):
             raise ValueError(f"`start` must be in [0.0, 1.0), got {start!r}.")
         if not start <= stop <= 1.0:
             raise ValueError(f"`stop` must be in [start, 1.0] = [{start}, 1.0], got {stop!r}.")
-        self.guidance_scale = float(guidance_scale)
-        self.guidance_rescale = float(guidance_rescale)
-        self.use_original_formulation = bool(use_original_formulation)
-        self.batch_conditions = bool(batch_conditions)
         self._start = float(start)
         self._stop = float(stop)
+        self._windowed = self._start > 0.0 or self._stop < 1.0
         self._enabled = bool(enabled)
+        self._guidance_scale = float(guidance_scale)
+        self._guidance_rescale = float(guidance_rescale)
+        self._use_original_formulation = bool(use_original_formulation)
+        self._batch_conditions = bool(batch_conditions)
+        self._update_plan()
         self._step: Optional[int] = None
         self._num_inference_steps: Optional[int] = None
         self._timestep = None
@@ -213,9 +215,60 @@ class ClassifierFreeGuidance(BaseGuidance):
     # ----------------------------------------------------------------------------------------------- state
     def enable(self) -> None:
         self._enabled = True
+        self._update_plan()
 
     def disable(self) -> None:
         self._enabled = False
+        self._update_plan()
+
+    # the settings are properties so that ``run`` reads one precomputed value per step (``_plain_weight``)
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @guidance_scale.setter
+    def guidance_scale(self, value: float) -> None:
+        self._guidance_scale = float(value)
+        self._update_plan()
+
+    @property
+    def guidance_rescale(self) -> float:
+        return self._guidance_rescale
+
+    @guidance_rescale.setter
+    def guidance_rescale(self, value: float) -> None:
+        self._guidance_rescale = float(value)
+        self._update_plan()
+
+    @property
+    def use_original_formulation(self) -> bool:
+        return self._use_original_formulation
+
+    @use_original_formulation.setter
+    def use_original_formulation(self, value: bool) -> None:
+        self._use_original_formulation = bool(value)
+        self._update_plan()
+
+    @property
+    def batch_conditions(self) -> bool:
+        return self._batch_conditions
+
+    @batch_conditions.setter
+    def batch_conditions(self, value: bool) -> None:
+        self._batch_conditions = bool(value)
+        self._update_plan()
+
+    def _update_plan(self) -> None:
+        # the guidance weight when ``run`` may take its shortcut (plain batched CFG, guidance on), else None
+        plain = (
+            self._run_shortcut
+            and self._enabled
+            and self._batch_conditions
+            and self._guidance_rescale == 0.0
+            and not self._use_original_formulation
+            and not math.isclose(self._guidance_scale, 1.0)
+        )
+        self._plain_weight = self._guidance_scale if plain else None
 
     def set_state(self, step: int, num_inference_steps: int, timestep: Any = None) -> None:
         """Record the current step (guidance may be limited to ``[start, stop)`` of the steps)."""
@@ -307,16 +360,10 @@ class ClassifierFreeGuidance(BaseGuidance):
         self._step = step
         self._num_inference_steps = num_inference_steps
         self._timestep = timestep
-        w = self.guidance_scale
-        if not (
-            self._run_shortcut
-            and self._enabled
-            and self.batch_conditions
-            and self.guidance_rescale == 0.0
-            and not self.use_original_formulation
-            and not math.isclose(w, 1.0)
-            and ((self._start == 0.0 and self._stop == 1.0)
-                 or int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps))
+        w = self._plain_weight
+        if w is None or (
+            self._windowed
+            and not int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps)
         ):
             return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
         # the merged batch of prepare_inputs, without the batch object (numbers identical)

@@ -344,3 +344,35 @@ def test_guider_run_honours_overridden_contract_methods_and_duck_typed_guiders()
     duck = DuckGuider()
     got = drive_guider(duck, lambda v, i: v["sample"] * 3, {"sample": (x, x)}, 2, 5, 9, model)
     assert torch.equal(got, x * 3 + 1) and duck.state == (2, 5, 9) and events[-1] == "duck-prepare"
+
+
+def test_guider_settings_changed_after_construction_reach_run():
+    x = torch.randn(1, 2)
+    cond, uncond = torch.randn(1, 3), torch.randn(1, 3)
+    seen = []
+
+    def predict(values, identifier):
+        seen.append(identifier)
+        sample = values["sample"]  # merged: [x, x]
+        return torch.cat([sample[:1] - 1, sample[1:] + 1]) if identifier == "pred_merged" else sample
+
+    g = ClassifierFreeGuidance(guidance_scale=5.0)
+    inputs = {"sample": (x, x), "emb": (cond, uncond)}
+    assert torch.equal(g.run(predict, inputs, 0, 4), (x - 1).add((x + 1).add(x - 1, alpha=-1.0), alpha=5.0))
+    g.guidance_scale = 1.0  # guidance off: the conditional batch only
+    assert torch.equal(g.run(predict, inputs, 1, 4), x) and seen[-1] == "pred_cond"
+    g.guidance_scale = 3.0
+    g.disable()
+    g.run(predict, inputs, 2, 4)
+    assert seen[-1] == "pred_cond"
+    g.enable()
+    g.batch_conditions = False
+    g.run(predict, inputs, 3, 4)
+    assert seen[-2:] == ["pred_cond", "pred_uncond"]
+    g.batch_conditions = True
+    g.guidance_rescale = 0.5
+    out = g.run(predict, inputs, 3, 4)
+    g2 = ClassifierFreeGuidance(guidance_scale=3.0, guidance_rescale=0.5)
+    from diffblocks.guiders import drive_guider
+    assert torch.equal(out, drive_guider(g2, predict, inputs, 3, 4)) and seen[-1] == "pred_merged"
+    assert g.config["guidance_scale"] == 5.0 and g.guidance_scale == 3.0  # config keeps the constructor value

@@ -419,7 +419,10 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
             )[0]
 
         guider = components.guider
-        run = getattr(guider, "run", None) or partial(drive_guider, guider)
+        try:
+            run = guider.run
+        except AttributeError:  # a guider written against diffusers' interface only
+            run = partial(drive_guider, guider)
         bs.noise_pred = run(predict, data, i, bs.num_inference_steps, t, unet)
         return components, bs
 

@@ -192,7 +192,10 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
             )[0]
 
         guider = components.guider
-        run = getattr(guider, "run", None) or partial(drive_guider, guider)
+        try:
+            run = guider.run
+        except AttributeError:  # a guider written against diffusers' interface only
+            run = partial(drive_guider, guider)
         block_state.noise_pred = run(predict, fields, i, block_state.num_inference_steps, t, unet)
         return components, block_state
 

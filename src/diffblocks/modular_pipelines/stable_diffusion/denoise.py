@@ -91,6 +91,34 @@ def ip_adapter_fields(block_state: Any, rows: int) -> Any:
     return pair
 
 
+_NO_KWARGS: Dict[str, Any] = {}
+
+
+def unet_extra_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
+    """The block state's optional UNet inputs that are set (``timestep_cond``, ``cross_attention_kwargs``)."""
+    timestep_cond = values.get("timestep_cond")
+    attention_kwargs = values.get("cross_attention_kwargs")
+    if timestep_cond is None and attention_kwargs is None:
+        return _NO_KWARGS
+    extra = {}
+    if timestep_cond is not None:
+        extra["timestep_cond"] = timestep_cond
+    if attention_kwargs is not None:
+        extra["cross_attention_kwargs"] = attention_kwargs
+    return extra
+
+
+def scheduler_advance(scheduler: Any, generator: Any, eta: float) -> Tuple[Any, Dict[str, Any]]:
+    """``(advance, kwargs)``: ``advance(noise_pred, t, latents, **kwargs)`` returns the next latents through the
+    scheduler's ``next_sample`` (or ``step(...)[0]`` for a scheduler written against diffusers' interface)."""
+    kwargs = scheduler_step_kwargs(scheduler, generator, eta)
+    advance = getattr(scheduler, "next_sample", None)
+    if advance is None:
+        def advance(noise_pred, t, latents, **kw):
+            return scheduler.step(noise_pred, t, latents, return_dict=False, **kw)[0]
+    return advance, kwargs
+
+
 # ------------------------------------------------------------------------------------------------ loop sub-blocks
 class StableDiffusionLoopBeforeDenoiser(ModularPipelineBlocks):
     model_name = MODEL_NAME
@@ -168,35 +196,32 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
         ]
 
     def __call__(self, components, block_state, i: int, t: Any):
-        x = block_state.scaled_latents
+        values = block_state.__dict__
+        x = values["scaled_latents"]
         fields = {
             "sample": (x, x),
-            "encoder_hidden_states": (block_state.prompt_embeds, getattr(block_state, "negative_prompt_embeds", None)),
+            "encoder_hidden_states": (values["prompt_embeds"], values.get("negative_prompt_embeds")),
         }
-        ip = ip_adapter_fields(block_state, x.shape[0]) if "ip_adapter_embeds" in block_state.__dict__ else None
+        ip = ip_adapter_fields(block_state, x.shape[0]) if "ip_adapter_embeds" in values else None
         if ip is not None:
             fields["image_embeds"] = ip
         unet = components.unet
-        timestep_cond = block_state.timestep_cond
-        attention_kwargs = block_state.cross_attention_kwargs
+        # optional UNet inputs are passed only when set (every keyword costs twice through nn.Module.__call__)
+        extra = unet_extra_kwargs(values)
 
-        def predict(values, identifier):
-            return unet(
-                values["sample"],
-                t,
-                encoder_hidden_states=values["encoder_hidden_states"],
-                timestep_cond=timestep_cond,
-                cross_attention_kwargs=attention_kwargs,
-                added_cond_kwargs=None if ip is None else {"image_embeds": values["image_embeds"]},
-                return_dict=False,
-            )[0]
+        def predict(batch, identifier):
+            if ip is not None:
+                return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"],
+                            added_cond_kwargs={"image_embeds": batch["image_embeds"]}, return_dict=False, **extra)[0]
+            return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"], return_dict=False,
+                        **extra)[0]
 
         guider = components.guider
         try:
             run = guider.run
         except AttributeError:  # a guider written against diffusers' interface only
             run = partial(drive_guider, guider)
-        block_state.noise_pred = run(predict, fields, i, block_state.num_inference_steps, t, unet)
+        block_state.noise_pred = run(predict, fields, i, values["num_inference_steps"], t, unet)
         return components, block_state
 
 
@@ -220,18 +245,14 @@ class StableDiffusionLoopAfterDenoiser(ModularPipelineBlocks):
         return [OutputParam("latents", type_hint=torch.Tensor, description="Denoised latents.")]
 
     def __call__(self, components, block_state, i: int, t: Any):
-        kwargs = block_state.__dict__.get("_step_kwargs")
-        if kwargs is None:
-            kwargs = scheduler_step_kwargs(components.scheduler, block_state.generator, block_state.eta)
-            block_state.__dict__["_step_kwargs"] = kwargs
-        latents = block_state.latents
-        scheduler = components.scheduler
-        advance = getattr(scheduler, "next_sample", None)
-        if advance is not None:
-            out = advance(block_state.noise_pred, t, latents, **kwargs)
-        else:  # a scheduler written against diffusers' interface
-            out = scheduler.step(block_state.noise_pred, t, latents, **kwargs, return_dict=False)[0]
-        if out.dtype != latents.dtype:
+        values = block_state.__dict__
+        plan = values.get("_advance")
+        if plan is None:  # once per run (the loop wrapper drops it at the end)
+            plan = values["_advance"] = scheduler_advance(components.scheduler, values.get("generator"),
+                                                         values.get("eta", 0.0))
+        latents = values["latents"]
+        out = plan[0](values["noise_pred"], t, latents, **plan[1])
+        if out.dtype is not latents.dtype:
             out = out.to(latents.dtype)
         block_state.latents = out
         return components, block_state
@@ -353,7 +374,7 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
                         update()
         finally:
             guider.reset_cache()
-        bs.__dict__.pop("_step_kwargs", None)
+        bs.__dict__.pop("_advance", None)
         bs.__dict__.pop("_ip_embeds", None)
         self.set_block_state(state, bs)
         return components, state

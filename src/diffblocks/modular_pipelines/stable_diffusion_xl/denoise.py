@@ -18,6 +18,7 @@ from ..stable_diffusion.denoise import (
     StableDiffusionLoopAfterDenoiser,
     StableDiffusionLoopBeforeDenoiser,
     ip_adapter_fields,
+    unet_extra_kwargs,
 )
 from ..stable_diffusion.encoders import DENOISER_FIELDS, guider_spec, unet_spec
 from .before_denoise import scheduler_spec
@@ -65,41 +66,34 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
         ]
 
     def __call__(self, components, block_state, i: int, t: Any):
-        x = block_state.scaled_latents
-        get = block_state.__dict__.get
+        values = block_state.__dict__
+        x = values["scaled_latents"]
+        get = values.get
         fields = {
             "sample": (x, x),
-            "encoder_hidden_states": (block_state.prompt_embeds, get("negative_prompt_embeds")),
-            "text_embeds": (block_state.pooled_prompt_embeds, get("negative_pooled_prompt_embeds")),
-            "time_ids": (block_state.add_time_ids, get("negative_add_time_ids")),
+            "encoder_hidden_states": (values["prompt_embeds"], get("negative_prompt_embeds")),
+            "text_embeds": (values["pooled_prompt_embeds"], get("negative_pooled_prompt_embeds")),
+            "time_ids": (values["add_time_ids"], get("negative_add_time_ids")),
         }
-        ip = ip_adapter_fields(block_state, x.shape[0]) if "ip_adapter_embeds" in block_state.__dict__ else None
+        ip = ip_adapter_fields(block_state, x.shape[0]) if "ip_adapter_embeds" in values else None
         if ip is not None:
             fields["image_embeds"] = ip
         unet = components.unet
-        timestep_cond = block_state.timestep_cond
-        attention_kwargs = block_state.cross_attention_kwargs
+        extra = unet_extra_kwargs(values)
 
-        def predict(values, identifier):
-            added = {"text_embeds": values["text_embeds"], "time_ids": values["time_ids"]}
+        def predict(batch, identifier):
+            added = {"text_embeds": batch["text_embeds"], "time_ids": batch["time_ids"]}
             if ip is not None:
-                added["image_embeds"] = values["image_embeds"]
-            return unet(
-                values["sample"],
-                t,
-                encoder_hidden_states=values["encoder_hidden_states"],
-                timestep_cond=timestep_cond,
-                cross_attention_kwargs=attention_kwargs,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
+                added["image_embeds"] = batch["image_embeds"]
+            return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"],
+                        added_cond_kwargs=added, return_dict=False, **extra)[0]
 
         guider = components.guider
         try:
             run = guider.run
         except AttributeError:  # a guider written against diffusers' interface only
             run = partial(drive_guider, guider)
-        block_state.noise_pred = run(predict, fields, i, block_state.num_inference_steps, t, unet)
+        block_state.noise_pred = run(predict, fields, i, values["num_inference_steps"], t, unet)
         return components, block_state
 
 

@@ -104,7 +104,8 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin
             ("_cross_attention_kwargs", None),
             ("_num_timesteps", 0),
             ("_interrupt", False),
-            ("_guider", ClassifierFreeGuidance()),
+            # an instance attribute, not a property: the denoise loop reads it every step
+            ("guider", ClassifierFreeGuidance()),
         ):
             object.__setattr__(self, name, value)
 
@@ -172,11 +173,6 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
-    @property
-    def guider(self):
-        """The guider the shared blocks use; configured from ``guidance_scale``/``guidance_rescale`` per call."""
-        return self._guider
-
     # values the shared blocks read from their components holder
     @property
     def default_sample_size(self):
@@ -201,7 +197,7 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin
         return self.unet.config.in_channels
 
     def _sync_guider(self) -> None:
-        guider = self._guider
+        guider = self.guider
         guider.guidance_scale = float(self._guidance_scale)
         guider.guidance_rescale = float(self._guidance_rescale)
         if self.do_classifier_free_guidance:
@@ -211,7 +207,7 @@ class StableDiffusionPipelineBase(StableDiffusionLoraLoaderMixin, IPAdapterMixin
 
     def _after_step_callback(self) -> None:
         # a step-end callback may change `_guidance_scale` (e.g. switch guidance off after some steps)
-        if self._guider.guidance_scale != self._guidance_scale:
+        if self.guider.guidance_scale != self._guidance_scale:
             self._sync_guider()
 
     # -------------------------------------------------------------------------------- prompt encoding

@@ -129,6 +129,44 @@ def test_deprecated_attribute_access_warns_only_for_config_keys(recwarn):
         obj.does_not_exist
 
 
+def test_deprecated_attribute_access_without_getattr_keeps_attributes_first(recwarn):
+    """Config keys are reachable as attributes through class descriptors, not a ``__getattr__`` (which would cost
+    CPython's specialised attribute loads); instance attributes and class attributes always win."""
+    assert "__getattr__" not in vars(ConfigMixin)
+
+    class Holder(ConfigMixin):
+        config_name = "holder.json"
+        speed = "class attribute"
+
+        @register_to_config
+        def __init__(self, speed=1, scale=2.0, label="x"):
+            self.scale = scale * 10  # an attribute with a config key's name
+
+    obj = Holder(scale=3.0)
+    assert obj.scale == 30.0 and obj.speed == "class attribute"
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    assert "scale" not in vars(Holder)  # an instance attribute: no descriptor shadowing it
+    with pytest.warns(FutureWarning, match="Accessing config attribute `label`"):
+        assert obj.label == "x"
+    assert not hasattr(Holder, "label")  # class access: no such attribute, as with __getattr__
+    obj.register_to_config(added_later=5)  # keys added after construction are reachable too
+    with pytest.warns(FutureWarning, match="added_later"):
+        assert obj.added_later == 5
+    with pytest.raises(AttributeError, match="added_later"):
+        Holder().added_later  # another instance without that key
+    obj.label = "own"  # an attribute set later wins over the config key
+    assert obj.label == "own"
+
+
+def test_pipeline_components_get_no_config_descriptors(tmp_path):
+    import diffblocks
+
+    sched = diffblocks.DDIMScheduler()
+    pipe = diffblocks.DiffusionPipeline()
+    pipe.register_modules(scheduler=sched)
+    assert pipe.scheduler is sched and "scheduler" not in vars(type(pipe))
+
+
 def test_save_and_load_round_trip(tmp_path):
     obj = Sample(a=[1, 2], d="x")
     obj.save_config(tmp_path)

@@ -220,3 +220,64 @@ def test_folder_with_safety_checker_loads_and_matches_diffusers(tmp_path, loaded
     assert outs[0].nsfw_content_detected == outs[1].nsfw_content_detected
     assert len(outs[0].nsfw_content_detected) == 2
     assert float(np.abs(outs[0].images - outs[1].images).max()) <= 1e-4
+
+
+def test_custom_guiders_through_the_contract_give_the_same_image(modular):
+    """Denoisers call ``guider.run``: a subclass overriding a contract method, a subclass whose ``run`` is the base
+    one, and a guider that only implements diffusers' interface (no ``run``) all give the default guider's image."""
+    from diffblocks.configuration import ConfigMixin, register_to_config
+    from diffblocks.guiders import BaseGuidance, ClassifierFreeGuidance, GuiderBatch
+
+    pipe = modular["sd"]
+    default_guider = pipe.guider
+    events = []
+
+    class Hooked(ClassifierFreeGuidance):
+        def prepare_models(self, model):
+            events.append(type(model).__name__)
+
+    class ContractOnly(ClassifierFreeGuidance):
+        run = BaseGuidance.run
+
+    class Duck(ConfigMixin):  # diffusers' guider interface and a config, no run()
+        config_name = "guider_config.json"
+
+        @register_to_config
+        def __init__(self, scale=1.0):
+            self.scale = scale
+
+        num_conditions = 2
+
+        def set_state(self, step, num_inference_steps, timestep=None):
+            pass
+
+        def prepare_inputs(self, data):
+            fields = {k: (torch.cat([v[1], v[0]]) if isinstance(v, tuple) else v) for k, v in data.items()}
+            return [GuiderBatch("pred_merged", fields)]
+
+        def prepare_models(self, model):
+            pass
+
+        def cleanup_models(self, model):
+            pass
+
+        def __call__(self, batches):
+            uncond, cond = batches[0].noise_pred.chunk(2)
+            return (uncond.add(cond.add(uncond, alpha=-1.0), alpha=self.scale),)
+
+        def enable(self):
+            pass
+
+    def run():
+        return pipe(prompt="a cat", num_inference_steps=3, output_type="np", output="images",
+                    generator=torch.Generator().manual_seed(0), **SIZE)
+
+    try:
+        pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=6.0))
+        reference = run()
+        for guider in (Hooked(guidance_scale=6.0), ContractOnly(guidance_scale=6.0), Duck(6.0)):
+            pipe.update_components(guider=guider)
+            np.testing.assert_array_equal(run(), reference)
+    finally:
+        pipe.update_components(guider=default_guider)
+    assert events and set(events) == {"UNet2DConditionModel"}

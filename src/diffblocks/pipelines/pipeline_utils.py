@@ -332,8 +332,10 @@ class DiffusionPipeline(ConfigMixin):
     def register_modules(self, **kwargs: Any) -> None:
         """Set each ``name=component`` as an attribute and record ``(library, ClassName)`` in the config."""
         for name, module in kwargs.items():
-            self.register_to_config(**{name: class_library_tuple(module)})
+            # the attribute first: a config key that is already an attribute gets no deprecated-access descriptor
+            # (which would cost CPython's specialised loads of `pipe.unet` & co. in the denoise loop)
             object.__setattr__(self, name, module)
+            self.register_to_config(**{name: class_library_tuple(module)})
 
     def __setattr__(self, name: str, value: Any) -> None:
         internal = self.__dict__.get("_internal_dict")

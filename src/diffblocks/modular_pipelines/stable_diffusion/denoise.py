@@ -348,7 +348,10 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
             calls = tuple((name, block, block.__call__) for name, block in self.sub_blocks.items())
         else:
             calls = None
-        guider.reset_cache()
+        # our guiders keep the concatenated embeddings between steps; a guider with only diffusers' interface has
+        # no such cache
+        reset_cache = getattr(guider, "reset_cache", None) or (lambda: None)
+        reset_cache()
         try:
             # a classic pipeline holding the components has its own progress-bar settings
             make_bar = getattr(components, "progress_bar", None)
@@ -373,7 +376,7 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
                     if update is not None and (i == last or ((i + 1) > warmup and (i + 1) % order == 0)):
                         update()
         finally:
-            guider.reset_cache()
+            reset_cache()
         bs.__dict__.pop("_advance", None)
         bs.__dict__.pop("_ip_embeds", None)
         self.set_block_state(state, bs)

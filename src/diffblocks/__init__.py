@@ -48,6 +48,7 @@ _EXPORTS = {
     "StableDiffusionXLAutoBlocks": ".modular_pipelines",
     "StableDiffusionModularPipeline": ".modular_pipelines",
     "StableDiffusionAutoBlocks": ".modular_pipelines",
+    "BaseGuidance": ".guiders",
     "ClassifierFreeGuidance": ".guiders",
     # classic pipelines
     "DiffusionPipeline": ".pipelines",

@@ -175,7 +175,8 @@ class ClassifierFreeGuidance(BaseGuidance):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        names = ("set_state", "prepare_inputs", "prepare_models", "cleanup_models", "__call__", "forward")
+        names = ("set_state", "prepare_inputs", "prepare_models", "cleanup_models", "__call__", "forward",
+                 "_is_cfg_enabled")
         cls._run_shortcut = all(getattr(cls, n) is getattr(ClassifierFreeGuidance, n) for n in names)
 
     @register_to_config

@@ -34,7 +34,15 @@ import torch
 
 from .configuration import ConfigMixin, register_to_config
 
-__all__ = ["BaseGuidance", "ClassifierFreeGuidance", "GuiderBatch", "GuiderOutput", "rescale_noise_cfg"]
+__all__ = [
+    "BaseGuidance",
+    "ClassifierFreeGuidance",
+    "GuiderBatch",
+    "GuiderOutput",
+    "drive_guider",
+    "rescale_noise_cfg",
+    "run_guidance",
+]
 
 
 class GuiderOutput(NamedTuple):
@@ -155,6 +163,32 @@ def drive_guider(guider: Any, predict: Callable[[Dict[str, Any], str], torch.Ten
     return guider(batches)[0]
 
 
+def _planned_setting(name: str, cast: type) -> property:
+    """A guider setting stored as ``_<name>`` whose changes refresh the guider's per-step plan."""
+    private = "_" + name
+
+    def get(self):
+        return self.__dict__[private]
+
+    def set(self, value):
+        self.__dict__[private] = cast(value)
+        self._update_plan()
+
+    return property(get, set, doc=f"``{name}`` (changing it takes effect from the next step).")
+
+
+def run_guidance(guider: Any, predict: Callable[[Dict[str, Any], str], torch.Tensor], inputs: Dict[str, Any],
+                 step: int, num_inference_steps: int, timestep: Any = None,
+                 model: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """What the denoisers call: ``guider.run(...)``, or :func:`drive_guider` for a guider with only diffusers'
+    interface (no ``run``)."""
+    try:
+        run = guider.run
+    except AttributeError:
+        return drive_guider(guider, predict, inputs, step, num_inference_steps, timestep, model)
+    return run(predict, inputs, step, num_inference_steps, timestep, model)
+
+
 class ClassifierFreeGuidance(BaseGuidance):
     """Classifier-free guidance: ``uncond + guidance_scale * (cond - uncond)``.
 
@@ -176,7 +210,7 @@ class ClassifierFreeGuidance(BaseGuidance):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         names = ("set_state", "prepare_inputs", "prepare_models", "cleanup_models", "__call__", "forward",
-                 "_is_cfg_enabled")
+                 "_is_cfg_enabled", "_merged_values")
         cls._run_shortcut = all(getattr(cls, n) is getattr(ClassifierFreeGuidance, n) for n in names)
 
     @register_to_config
@@ -223,41 +257,10 @@ class ClassifierFreeGuidance(BaseGuidance):
         self._update_plan()
 
     # the settings are properties so that ``run`` reads one precomputed value per step (``_plain_weight``)
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @guidance_scale.setter
-    def guidance_scale(self, value: float) -> None:
-        self._guidance_scale = float(value)
-        self._update_plan()
-
-    @property
-    def guidance_rescale(self) -> float:
-        return self._guidance_rescale
-
-    @guidance_rescale.setter
-    def guidance_rescale(self, value: float) -> None:
-        self._guidance_rescale = float(value)
-        self._update_plan()
-
-    @property
-    def use_original_formulation(self) -> bool:
-        return self._use_original_formulation
-
-    @use_original_formulation.setter
-    def use_original_formulation(self, value: bool) -> None:
-        self._use_original_formulation = bool(value)
-        self._update_plan()
-
-    @property
-    def batch_conditions(self) -> bool:
-        return self._batch_conditions
-
-    @batch_conditions.setter
-    def batch_conditions(self, value: bool) -> None:
-        self._batch_conditions = bool(value)
-        self._update_plan()
+    guidance_scale = _planned_setting("guidance_scale", float)
+    guidance_rescale = _planned_setting("guidance_rescale", float)
+    use_original_formulation = _planned_setting("use_original_formulation", bool)
+    batch_conditions = _planned_setting("batch_conditions", bool)
 
     def _update_plan(self) -> None:
         # the guidance weight when ``run`` may take its shortcut (plain batched CFG, guidance on), else None
@@ -317,25 +320,30 @@ class ClassifierFreeGuidance(BaseGuidance):
                 batches.append(GuiderBatch(ident, fields))
             self._count_prepared = 2
             return batches
-        fields = {}
+        fields = self._merged_values(data)
+        self._count_prepared = 2
+        return [_merged_batch(fields)]
+
+    def _merged_values(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        """``{field: cat([uncond, cond])}`` for every pair (shared values as they are)."""
+        values = {}
         cache = self._merged_cache
         for key, value in data.items():
             if not isinstance(value, tuple):
-                fields[key] = value
+                values[key] = value
                 continue
             cond, uncond = value
             if cond is uncond and type(cond) is torch.Tensor:
                 # the latents: the same tensor on both sides, a new one every step
-                fields[key] = torch.cat((cond, cond))
+                values[key] = torch.cat((cond, cond))
                 continue
             hit = cache.get(key)
             # the embeddings are the same objects on every step: concatenate them once per run
             if hit is not None and hit[0] is cond and hit[1] is uncond:
-                fields[key] = hit[2]
+                values[key] = hit[2]
             else:
-                fields[key] = self._merge(key, value, cache)
-        self._count_prepared = 2
-        return [_merged_batch(fields)]
+                values[key] = self._merge(key, value, cache)
+        return values
 
     @staticmethod
     def _merge(key: str, value: Tuple[Any, Any], cache: Dict[str, Tuple[Any, Any, Any]]) -> Any:
@@ -368,21 +376,7 @@ class ClassifierFreeGuidance(BaseGuidance):
         ):
             return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
         # the merged batch of prepare_inputs, without the batch object (numbers identical)
-        values = {}
-        cache = self._merged_cache
-        for key, value in inputs.items():
-            if type(value) is not tuple:
-                values[key] = value
-                continue
-            cond, uncond = value
-            if cond is uncond and type(cond) is torch.Tensor:
-                values[key] = torch.cat((cond, cond))
-                continue
-            hit = cache.get(key)
-            if hit is not None and hit[0] is cond and hit[1] is uncond:
-                values[key] = hit[2]
-            else:
-                values[key] = self._merge(key, value, cache)
+        values = self._merged_values(inputs)
         self._count_prepared = 2
         pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
         # forward()'s uncond + w * (cond - uncond) in `add` kernels, the kernel the scheduler step runs next (its

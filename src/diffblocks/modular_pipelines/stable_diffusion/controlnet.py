@@ -11,12 +11,11 @@ rows get zero residuals. SDXL subclasses the denoiser to add ``text_embeds``/``t
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ...guiders import drive_guider
+from ...guiders import run_guidance
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks, OutputParam
 from .denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -418,12 +417,7 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
                 return_dict=False,
             )[0]
 
-        guider = components.guider
-        try:
-            run = guider.run
-        except AttributeError:  # a guider written against diffusers' interface only
-            run = partial(drive_guider, guider)
-        bs.noise_pred = run(predict, data, i, bs.num_inference_steps, t, unet)
+        bs.noise_pred = run_guidance(components.guider, predict, data, i, bs.num_inference_steps, t, unet)
         return components, bs
 
 

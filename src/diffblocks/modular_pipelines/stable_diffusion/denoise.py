@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-from functools import partial
 from typing import Any, Dict, List, Tuple
 
 import torch
 
-from ...guiders import drive_guider
+from ...guiders import run_guidance
 from .. import ComponentSpec, InputParam, LoopSequentialPipelineBlocks, ModularPipelineBlocks, OutputParam
 from .encoders import DENOISER_FIELDS, MODEL_NAME, guider_spec, unet_spec
 
@@ -216,12 +215,8 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
             return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"], return_dict=False,
                         **extra)[0]
 
-        guider = components.guider
-        try:
-            run = guider.run
-        except AttributeError:  # a guider written against diffusers' interface only
-            run = partial(drive_guider, guider)
-        block_state.noise_pred = run(predict, fields, i, values["num_inference_steps"], t, unet)
+        block_state.noise_pred = run_guidance(components.guider, predict, fields, i, values["num_inference_steps"],
+                                              t, unet)
         return components, block_state
 
 

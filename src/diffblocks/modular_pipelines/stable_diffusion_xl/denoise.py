@@ -4,12 +4,11 @@ Conditional and unconditional rows go through the UNet in one batched call (see 
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any, List
 
 import torch
 
-from ...guiders import drive_guider
+from ...guiders import run_guidance
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks
 from ..stable_diffusion.denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -88,12 +87,8 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
             return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"],
                         added_cond_kwargs=added, return_dict=False, **extra)[0]
 
-        guider = components.guider
-        try:
-            run = guider.run
-        except AttributeError:  # a guider written against diffusers' interface only
-            run = partial(drive_guider, guider)
-        block_state.noise_pred = run(predict, fields, i, values["num_inference_steps"], t, unet)
+        block_state.noise_pred = run_guidance(components.guider, predict, fields, i, values["num_inference_steps"],
+                                              t, unet)
         return components, block_state
 
 

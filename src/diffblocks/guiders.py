@@ -28,6 +28,7 @@ without building batch objects (between two UNet calls every Python call and obj
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -41,7 +42,7 @@ __all__ = [
     "GuiderOutput",
     "drive_guider",
     "rescale_noise_cfg",
-    "run_guidance",
+    "guider_runner",
 ]
 
 
@@ -177,16 +178,11 @@ def _planned_setting(name: str, cast: type) -> property:
     return property(get, set, doc=f"``{name}`` (changing it takes effect from the next step).")
 
 
-def run_guidance(guider: Any, predict: Callable[[Dict[str, Any], str], torch.Tensor], inputs: Dict[str, Any],
-                 step: int, num_inference_steps: int, timestep: Any = None,
-                 model: Optional[torch.nn.Module] = None) -> torch.Tensor:
-    """What the denoisers call: ``guider.run(...)``, or :func:`drive_guider` for a guider with only diffusers'
-    interface (no ``run``)."""
-    try:
-        run = guider.run
-    except AttributeError:
-        return drive_guider(guider, predict, inputs, step, num_inference_steps, timestep, model)
-    return run(predict, inputs, step, num_inference_steps, timestep, model)
+def guider_runner(guider: Any) -> Callable[..., torch.Tensor]:
+    """What the denoisers call each step: ``guider.run``, or :func:`drive_guider` bound to a guider that has only
+    diffusers' interface (no ``run``). Resolved once per run."""
+    run = getattr(guider, "run", None)
+    return run if run is not None else partial(drive_guider, guider)
 
 
 class ClassifierFreeGuidance(BaseGuidance):

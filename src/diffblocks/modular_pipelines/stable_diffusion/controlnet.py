@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ...guiders import run_guidance
+from ...guiders import guider_runner
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks, OutputParam
 from .denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -417,7 +417,7 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
                 return_dict=False,
             )[0]
 
-        bs.noise_pred = run_guidance(components.guider, predict, data, i, bs.num_inference_steps, t, unet)
+        bs.noise_pred = guider_runner(components.guider)(predict, data, i, bs.num_inference_steps, t, unet)
         return components, bs
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from ...guiders import run_guidance
+from ...guiders import guider_runner
 from .. import ComponentSpec, InputParam, LoopSequentialPipelineBlocks, ModularPipelineBlocks, OutputParam
 from .encoders import DENOISER_FIELDS, MODEL_NAME, guider_spec, unet_spec
 
@@ -91,6 +91,16 @@ def ip_adapter_fields(block_state: Any, rows: int) -> Any:
 
 
 _NO_KWARGS: Dict[str, Any] = {}
+
+
+def denoiser_plan(components: Any, values: Dict[str, Any]) -> Tuple[Any, Dict[str, Any]]:
+    """``(guide, extra)`` for a loop denoiser, resolved once per run and kept in the block state (the loop wrapper
+    drops it at the end): the guider's step function (:func:`guider_runner`) and the optional UNet inputs that are
+    set (every keyword costs twice through ``nn.Module.__call__``)."""
+    plan = values.get("_denoiser_plan")
+    if plan is None:
+        plan = values["_denoiser_plan"] = (guider_runner(components.guider), unet_extra_kwargs(values))
+    return plan
 
 
 def unet_extra_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -205,8 +215,7 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
         if ip is not None:
             fields["image_embeds"] = ip
         unet = components.unet
-        # optional UNet inputs are passed only when set (every keyword costs twice through nn.Module.__call__)
-        extra = unet_extra_kwargs(values)
+        guide, extra = values.get("_denoiser_plan") or denoiser_plan(components, values)
 
         def predict(batch, identifier):
             if ip is not None:
@@ -215,8 +224,7 @@ class StableDiffusionLoopDenoiser(ModularPipelineBlocks):
             return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"], return_dict=False,
                         **extra)[0]
 
-        block_state.noise_pred = run_guidance(components.guider, predict, fields, i, values["num_inference_steps"],
-                                              t, unet)
+        block_state.noise_pred = guide(predict, fields, i, values["num_inference_steps"], t, unet)
         return components, block_state
 
 
@@ -373,6 +381,7 @@ class StableDiffusionDenoiseLoopWrapper(LoopSequentialPipelineBlocks):
         finally:
             reset_cache()
         bs.__dict__.pop("_advance", None)
+        bs.__dict__.pop("_denoiser_plan", None)
         bs.__dict__.pop("_ip_embeds", None)
         self.set_block_state(state, bs)
         return components, state

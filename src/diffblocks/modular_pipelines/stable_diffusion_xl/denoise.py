@@ -8,7 +8,6 @@ from typing import Any, List
 
 import torch
 
-from ...guiders import run_guidance
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks
 from ..stable_diffusion.denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -16,8 +15,8 @@ from ..stable_diffusion.denoise import (
     StableDiffusionInpaintLoopBeforeDenoiser,
     StableDiffusionLoopAfterDenoiser,
     StableDiffusionLoopBeforeDenoiser,
+    denoiser_plan,
     ip_adapter_fields,
-    unet_extra_kwargs,
 )
 from ..stable_diffusion.encoders import DENOISER_FIELDS, guider_spec, unet_spec
 from .before_denoise import scheduler_spec
@@ -78,7 +77,7 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
         if ip is not None:
             fields["image_embeds"] = ip
         unet = components.unet
-        extra = unet_extra_kwargs(values)
+        guide, extra = values.get("_denoiser_plan") or denoiser_plan(components, values)
 
         def predict(batch, identifier):
             added = {"text_embeds": batch["text_embeds"], "time_ids": batch["time_ids"]}
@@ -87,8 +86,7 @@ class StableDiffusionXLLoopDenoiser(ModularPipelineBlocks):
             return unet(batch["sample"], t, encoder_hidden_states=batch["encoder_hidden_states"],
                         added_cond_kwargs=added, return_dict=False, **extra)[0]
 
-        block_state.noise_pred = run_guidance(components.guider, predict, fields, i, values["num_inference_steps"],
-                                              t, unet)
+        block_state.noise_pred = guide(predict, fields, i, values["num_inference_steps"], t, unet)
         return components, block_state
 
 

@@ -2,28 +2,27 @@
 
 ``ClassifierFreeGuidance`` follows the guider contract of Modular Diffusers (``set_state``, ``prepare_inputs``,
 ``prepare_models``/``cleanup_models``, ``__call__(batches)``, ``num_conditions``, ``is_conditional``,
-``enable``/``disable``) with one difference that matters for speed: by default (``batch_conditions=True``) the
-conditional and unconditional inputs are concatenated into ONE batch, so the denoiser runs once per step at batch
-``2 * B`` (the way the classic Stable Diffusion pipelines do it) instead of twice at batch ``B``.
+``enable``/``disable``): a block written against diffusers' interface works unchanged::
 
-Denoisers pass every per-branch tensor through the guider as a ``(cond, uncond)`` pair, the latents included::
-
-    batches = guider.prepare_inputs({"sample": (x, x), "encoder_hidden_states": (cond, uncond)})
+    guider.set_state(i, num_inference_steps, t)
+    batches = guider.prepare_inputs({"encoder_hidden_states": (cond, uncond)})  # conditional, then unconditional
     for batch in batches:
-        batch.noise_pred = unet(batch.sample, t, encoder_hidden_states=batch.encoder_hidden_states)[0]
+        guider.prepare_models(unet)
+        batch.noise_pred = unet(latents, t, encoder_hidden_states=batch.encoder_hidden_states)[0]
+        guider.cleanup_models(unet)
     noise_pred = guider(batches)[0]
 
-A merged batch holds ``cat([uncond, cond])`` for each field (unconditional rows first, as the classic pipelines
-order them). With ``batch_conditions=False`` the guider yields separate conditional then unconditional batches.
-
-``run`` drives that whole contract for one denoising step with a single call; our denoisers use it::
+Our denoisers use ``run``, which does a whole step in one call and, by default (``batch_conditions=True``), runs the
+model ONCE per step on the concatenated batch (``cat([uncond, cond])`` for every pair, the latents included, as
+the classic Stable Diffusion pipelines do) instead of twice at batch ``B``::
 
     noise_pred = guider.run(predict, {"sample": (x, x), "encoder_hidden_states": (cond, uncond)}, i, n, t, unet)
 
-where ``predict(values, identifier)`` runs the model on one batch (``values`` maps each field to its batched
-value). ``BaseGuidance.run`` goes through ``set_state``/``prepare_inputs``/``prepare_models``/``__call__`` and works
-for any guider following the contract; ``ClassifierFreeGuidance.run`` does the same work for plain batched CFG
-without building batch objects (between two UNet calls every Python call and object touched pays cold caches).
+where ``predict(values, identifier)`` runs the model on one batch (``values`` maps each field to that batch's
+value; ``identifier`` is ``"pred_cond"``, ``"pred_uncond"`` or ``"pred_merged"``). ``BaseGuidance.run`` drives the
+contract (``drive_guider``) and works for any guider; ``ClassifierFreeGuidance.run`` does the same work without
+batch objects (between two UNet calls every Python call and object touched pays cold caches), with the numbers of
+the contract path.
 """
 from __future__ import annotations
 
@@ -57,8 +56,8 @@ class GuiderOutput(NamedTuple):
 class GuiderBatch:
     """One model call's worth of inputs: fields are attributes; the denoiser stores ``noise_pred`` on it.
 
-    ``identifier`` is ``"pred_cond"``, ``"pred_uncond"`` or ``"pred_merged"`` (unconditional rows first, then
-    conditional rows).
+    ``identifier`` is ``"pred_cond"`` or ``"pred_uncond"`` (a ``"pred_merged"`` batch, unconditional rows first,
+    is combined too).
     """
 
     def __init__(self, identifier: str, fields: Dict[str, Any]) -> None:
@@ -66,18 +65,12 @@ class GuiderBatch:
         self.__dict__["identifier"] = identifier
         self.__dict__["noise_pred"] = None
 
+    def as_dict(self) -> Dict[str, Any]:
+        """The batch's input fields (diffusers' guider batches are BlockStates with ``as_dict``)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("identifier", "noise_pred")}
+
     def __repr__(self) -> str:
-        keys = ", ".join(k for k in self.__dict__ if k not in ("identifier", "noise_pred"))
-        return f"GuiderBatch({self.identifier}: {keys})"
-
-
-def _merged_batch(fields: Dict[str, Any]) -> GuiderBatch:
-    # GuiderBatch("pred_merged", fields) without the __init__ frame and the dict copy (once per denoising step)
-    batch = object.__new__(GuiderBatch)
-    fields["identifier"] = "pred_merged"
-    fields["noise_pred"] = None
-    batch.__dict__ = fields
-    return batch
+        return f"GuiderBatch({self.identifier}: {', '.join(self.as_dict())})"
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0):
@@ -195,7 +188,7 @@ class ClassifierFreeGuidance(BaseGuidance):
         use_original_formulation: use ``cond + guidance_scale * (cond - uncond)``.
         start, stop: fractions of the denoising steps between which guidance is applied.
         enabled: master switch (``enable()`` / ``disable()``).
-        batch_conditions: run both branches in one batch (default) or as two batches.
+        batch_conditions: ``run`` puts both branches through the model in one call (default) or in two.
     """
 
     config_name = "guider_config.json"
@@ -304,21 +297,19 @@ class ClassifierFreeGuidance(BaseGuidance):
 
     # ----------------------------------------------------------------------------------------------- batches
     def prepare_inputs(self, data: Dict[str, Any]) -> List[GuiderBatch]:
-        """Split ``{field: (cond, uncond)}`` into the batches to run (plain values are shared by all batches)."""
+        """Split ``{field: (cond, uncond)}`` into the batches to run: the conditional batch, then the unconditional
+        one while guidance is on (diffusers' contract; plain values are shared by all batches). ``run`` is the one
+        that batches both branches into one model call."""
         if not self._is_cfg_enabled():
             fields = {k: (v[0] if isinstance(v, tuple) else v) for k, v in data.items()}
             self._count_prepared = 1
             return [GuiderBatch("pred_cond", fields)]
-        if not self.batch_conditions:
-            batches = []
-            for idx, ident in enumerate(self._input_predictions):
-                fields = {k: (v[idx] if isinstance(v, tuple) else v) for k, v in data.items()}
-                batches.append(GuiderBatch(ident, fields))
-            self._count_prepared = 2
-            return batches
-        fields = self._merged_values(data)
+        batches = []
+        for idx, ident in enumerate(self._input_predictions):
+            fields = {k: (v[idx] if isinstance(v, tuple) else v) for k, v in data.items()}
+            batches.append(GuiderBatch(ident, fields))
         self._count_prepared = 2
-        return [_merged_batch(fields)]
+        return batches
 
     def _merged_values(self, data: Dict[str, Any]) -> Dict[str, Any]:
         """``{field: cat([uncond, cond])}`` for every pair (shared values as they are)."""
@@ -360,24 +351,38 @@ class ClassifierFreeGuidance(BaseGuidance):
         return self.prepare_inputs(resolved)
 
     def run(self, predict, inputs, step, num_inference_steps, timestep=None, model=None) -> torch.Tensor:
-        """``BaseGuidance.run``: for plain CFG with batched conditions, one model call on the merged batch and one
-        combine; other settings go through the guider contract."""
+        """``BaseGuidance.run``. With ``batch_conditions`` (default) both branches go through the model in ONE call
+        on the concatenated batch (unconditional rows first, embeddings concatenated once per run); guidance off
+        runs the conditional batch only; ``batch_conditions=False`` makes two calls. The numbers are those of the
+        contract path (``forward``). Subclasses overriding a contract method go through it (``drive_guider``)."""
         self._step = step
         self._num_inference_steps = num_inference_steps
         self._timestep = timestep
         w = self._plain_weight
-        if w is None or (
-            self._windowed
-            and not int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps)
+        if w is not None and (
+            not self._windowed
+            or int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps)
         ):
+            # plain CFG (every step of a usual run): forward()'s uncond + w * (cond - uncond) in `add` kernels, the
+            # kernel the scheduler step runs next (its code is warm by then)
+            values = self._merged_values(inputs)
+            self._count_prepared = 2
+            pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
+            return pred_uncond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=w)
+        if not self._run_shortcut:
             return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
-        # the merged batch of prepare_inputs, without the batch object (numbers identical)
-        values = self._merged_values(inputs)
+        if not self._is_cfg_enabled():
+            self._count_prepared = 1
+            return predict({k: (v[0] if isinstance(v, tuple) else v) for k, v in inputs.items()}, "pred_cond")
         self._count_prepared = 2
-        pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
-        # forward()'s uncond + w * (cond - uncond) in `add` kernels, the kernel the scheduler step runs next (its
-        # code is warm by then)
-        return pred_uncond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=w)
+        if self._batch_conditions:
+            pred_uncond, pred_cond = predict(self._merged_values(inputs), "pred_merged").chunk(2)
+        else:
+            pred_cond, pred_uncond = (
+                predict({k: (v[idx] if isinstance(v, tuple) else v) for k, v in inputs.items()}, ident)
+                for idx, ident in enumerate(self._input_predictions)
+            )
+        return self.forward(pred_cond, pred_uncond)[0]
 
     def reset_cache(self) -> None:
         """Forget the concatenated embeddings kept between steps."""

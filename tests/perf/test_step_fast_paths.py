@@ -225,7 +225,7 @@ def test_euler_next_sample_falls_back_to_step_for_churn_half_precision_and_integ
     sched = EulerDiscreteScheduler(**SD)
     sched.set_timesteps(5)
     x = torch.randn(1, 4, 4, 4)
-    t0, t1 = sched.timesteps[0], sched.timesteps[1]
+    t0 = sched.timesteps[0]
     sched.scale_model_input(x, t0)
     first = sched.next_sample(torch.ones_like(x), t0, x)  # builds the plan
     ref = EulerDiscreteScheduler(**SD)

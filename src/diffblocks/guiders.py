@@ -199,7 +199,7 @@ class ClassifierFreeGuidance(BaseGuidance):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         names = ("set_state", "prepare_inputs", "prepare_models", "cleanup_models", "__call__", "forward",
-                 "_is_cfg_enabled", "_merged_values")
+                 "_is_cfg_enabled")
         cls._run_shortcut = all(getattr(cls, n) is getattr(ClassifierFreeGuidance, n) for n in names)
 
     @register_to_config
@@ -311,27 +311,6 @@ class ClassifierFreeGuidance(BaseGuidance):
         self._count_prepared = 2
         return batches
 
-    def _merged_values(self, data: Dict[str, Any]) -> Dict[str, Any]:
-        """``{field: cat([uncond, cond])}`` for every pair (shared values as they are)."""
-        values = {}
-        cache = self._merged_cache
-        for key, value in data.items():
-            if not isinstance(value, tuple):
-                values[key] = value
-                continue
-            cond, uncond = value
-            if cond is uncond and type(cond) is torch.Tensor:
-                # the latents: the same tensor on both sides, a new one every step
-                values[key] = torch.cat((cond, cond))
-                continue
-            hit = cache.get(key)
-            # the embeddings are the same objects on every step: concatenate them once per run
-            if hit is not None and hit[0] is cond and hit[1] is uncond:
-                values[key] = hit[2]
-            else:
-                values[key] = self._merge(key, value, cache)
-        return values
-
     @staticmethod
     def _merge(key: str, value: Tuple[Any, Any], cache: Dict[str, Tuple[Any, Any, Any]]) -> Any:
         cond, uncond = value
@@ -359,30 +338,48 @@ class ClassifierFreeGuidance(BaseGuidance):
         self._num_inference_steps = num_inference_steps
         self._timestep = timestep
         w = self._plain_weight
-        if w is not None and (
-            not self._windowed
-            or int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps)
+        if w is None or (
+            self._windowed
+            and not int(self._start * num_inference_steps) <= step < int(self._stop * num_inference_steps)
         ):
-            # plain CFG (every step of a usual run): forward()'s uncond + w * (cond - uncond) in `add` kernels, the
-            # kernel the scheduler step runs next (its code is warm by then)
-            values = self._merged_values(inputs)
+            # not plain CFG at this step (plain: every step of a usual run)
+            if not self._run_shortcut:
+                return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
+            if not self._is_cfg_enabled():
+                self._count_prepared = 1
+                return predict({k: (v[0] if isinstance(v, tuple) else v) for k, v in inputs.items()}, "pred_cond")
             self._count_prepared = 2
-            pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
-            return pred_uncond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=w)
-        if not self._run_shortcut:
-            return drive_guider(self, predict, inputs, step, num_inference_steps, timestep, model)
-        if not self._is_cfg_enabled():
-            self._count_prepared = 1
-            return predict({k: (v[0] if isinstance(v, tuple) else v) for k, v in inputs.items()}, "pred_cond")
+            if not self._batch_conditions:
+                pred_cond, pred_uncond = (
+                    predict({k: (v[idx] if isinstance(v, tuple) else v) for k, v in inputs.items()}, ident)
+                    for idx, ident in enumerate(self._input_predictions)
+                )
+                return self.forward(pred_cond, pred_uncond)[0]
+        # one model call on the concatenated batch: cat([uncond, cond]) for every pair
+        values = {}
+        cache = self._merged_cache
+        for key, value in inputs.items():
+            if not isinstance(value, tuple):
+                values[key] = value
+                continue
+            cond, uncond = value
+            if cond is uncond and type(cond) is torch.Tensor:
+                # the latents: the same tensor on both sides, a new one every step
+                values[key] = torch.cat((cond, cond))
+                continue
+            hit = cache.get(key)
+            # the embeddings are the same objects on every step: concatenated once per run
+            if hit is not None and hit[0] is cond and hit[1] is uncond:
+                values[key] = hit[2]
+            else:
+                values[key] = self._merge(key, value, cache)
         self._count_prepared = 2
-        if self._batch_conditions:
-            pred_uncond, pred_cond = predict(self._merged_values(inputs), "pred_merged").chunk(2)
-        else:
-            pred_cond, pred_uncond = (
-                predict({k: (v[idx] if isinstance(v, tuple) else v) for k, v in inputs.items()}, ident)
-                for idx, ident in enumerate(self._input_predictions)
-            )
-        return self.forward(pred_cond, pred_uncond)[0]
+        pred_uncond, pred_cond = predict(values, "pred_merged").chunk(2)
+        if w is None:
+            return self.forward(pred_cond, pred_uncond)[0]
+        # plain CFG: forward()'s uncond + w * (cond - uncond) in `add` kernels, the kernel the scheduler step runs
+        # next (its code is warm by then)
+        return pred_uncond.add(pred_cond.add(pred_uncond, alpha=-1.0), alpha=w)
 
     def reset_cache(self) -> None:
         """Forget the concatenated embeddings kept between steps."""

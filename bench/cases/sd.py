@@ -79,6 +79,7 @@ CASES = [
         "name": "sd_step_overhead_stub_unet",
         "unit": "ms",
         "target": 0.5,
+        "repeat": 5,  # the gap varies from process to process (memory layout): more runs
         "impls": ["diffblocks", "diffusers"],
         "description": "as sd_step_overhead, but the UNet forward returns a precomputed prediction: isolates the "
                        "pipeline's own per-step work from the cache/allocator disturbance a real UNet call leaves.",
@@ -87,6 +88,7 @@ CASES = [
         "name": "sd_step_overhead",
         "unit": "ms",
         "target": 0.5,
+        "repeat": 5,  # the gap varies from process to process (memory layout): more runs
         "impls": ["diffblocks", "diffusers"],
         "description": "non-UNet time per denoising step (CFG on, batch 1, EulerDiscrete, tiny SD at 32x32): "
                        "median gap between consecutive UNet forwards (step time minus UNet forward time).",

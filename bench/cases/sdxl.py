@@ -54,6 +54,7 @@ CASES = [
         "name": "sdxl_step_overhead",
         "unit": "ms",
         "target": 0.5,
+        "repeat": 5,  # varies from process to process (memory layout): more runs
         "impls": ["diffblocks_classic", "diffusers_classic"],
         "description": "non-UNet time per step (step interval minus UNet forward time), classic pipelines.",
     },
@@ -61,6 +62,7 @@ CASES = [
         "name": "sdxl_step_overhead_stub_unet",
         "unit": "ms",
         "target": 0.5,
+        "repeat": 5,  # varies from process to process (memory layout): more runs
         "impls": ["diffblocks_classic", "diffusers_classic"],
         "description": "step interval with a UNet whose forward returns a precomputed prediction: the pipeline's "
                        "own per-step work without the cache/allocator disturbance a real UNet call leaves.",
@@ -69,6 +71,7 @@ CASES = [
         "name": "sdxl_modular_step_overhead",
         "unit": "ms",
         "target": 0.5,
+        "repeat": 5,  # varies from process to process (memory layout): more runs
         "impls": ["diffblocks_modular", "diffusers_classic"],
         "description": "non-UNet time per step of our modular pipeline vs diffusers' classic pipeline.",
     },

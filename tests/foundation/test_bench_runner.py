@@ -19,7 +19,8 @@ def runner(tmp_path, monkeypatch):
     (cases / "toy.py").write_text(textwrap.dedent('''
         import json, os, sys
         CASES = [{"name": "speed", "unit": "s", "target": 1.0, "impls": ["ours", "ref"], "description": "toy"},
-                 {"name": "broken", "unit": "s", "target": None, "impls": ["ours", "ref"]}]
+                 {"name": "broken", "unit": "s", "target": None, "impls": ["ours", "ref"]},
+                 {"name": "noisy", "unit": "s", "target": 1.0, "impls": ["ours", "ref"], "repeat": 5}]
         args = sys.argv[1:]
         if args == ["--list"]:
             print(json.dumps(CASES)); sys.exit(0)
@@ -51,7 +52,9 @@ def test_runner_writes_medians_ratios_and_errors(runner):
     assert "toy/broken [ours]: exit 1: boom" in text
     assert "- cpu: test" in text
     rows = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert [r["name"] for r in rows] == ["speed", "broken"]
+    assert [r["name"] for r in rows] == ["speed", "broken", "noisy"]
+    # a case asking for more runs gets them (5 > --repeat 3): ours 1..5 -> median 3, ref 2..6 -> median 4
+    assert "| toy | noisy | s | ours | 3 (1-5) | ref | 4 (2-6) | 0.750 | 1.0 | yes |" in text
 
 
 def test_runner_only_keeps_previous_rows(runner):

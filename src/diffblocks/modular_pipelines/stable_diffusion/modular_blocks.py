@@ -225,17 +225,22 @@ INPAINT_BLOCKS = InsertableDict(
     ]
 )
 
-def _with_controlnet(base: InsertableDict, denoise_step: type) -> InsertableDict:
-    """``base`` with the ControlNet input step before the denoise loop and ``denoise_step`` as the loop."""
+
+def with_controlnet(base: InsertableDict, input_step: type, denoise_step: type) -> InsertableDict:
+    """``base`` with ``input_step`` (the ControlNet input step) before the denoise loop and ``denoise_step`` as the
+    loop (the SDXL presets are built the same way)."""
     blocks = InsertableDict(base)
-    blocks.insert("controlnet_input", StableDiffusionControlNetInputStep, list(blocks).index("denoise"))
+    blocks.insert("controlnet_input", input_step, list(blocks).index("denoise"))
     blocks["denoise"] = denoise_step
     return blocks
 
 
-CONTROLNET_BLOCKS = _with_controlnet(TEXT2IMAGE_BLOCKS, StableDiffusionControlNetDenoiseStep)
-CONTROLNET_IMAGE2IMAGE_BLOCKS = _with_controlnet(IMAGE2IMAGE_BLOCKS, StableDiffusionControlNetDenoiseStep)
-CONTROLNET_INPAINT_BLOCKS = _with_controlnet(INPAINT_BLOCKS, StableDiffusionInpaintControlNetDenoiseStep)
+CONTROLNET_BLOCKS = with_controlnet(TEXT2IMAGE_BLOCKS, StableDiffusionControlNetInputStep,
+                                    StableDiffusionControlNetDenoiseStep)
+CONTROLNET_IMAGE2IMAGE_BLOCKS = with_controlnet(IMAGE2IMAGE_BLOCKS, StableDiffusionControlNetInputStep,
+                                                StableDiffusionControlNetDenoiseStep)
+CONTROLNET_INPAINT_BLOCKS = with_controlnet(INPAINT_BLOCKS, StableDiffusionControlNetInputStep,
+                                            StableDiffusionInpaintControlNetDenoiseStep)
 
 AUTO_BLOCKS = InsertableDict(
     [

@@ -8,6 +8,7 @@ Diffusers docs pop); the inpaint and auto presets call theirs ``vae_encoder``.
 from __future__ import annotations
 
 from .. import AutoPipelineBlocks, InsertableDict, OutputParam, SequentialPipelineBlocks
+from ..stable_diffusion.modular_blocks import with_controlnet
 from .before_denoise import (
     StableDiffusionXLImg2ImgPrepareAdditionalConditioningStep,
     StableDiffusionXLImg2ImgPrepareLatentsStep,
@@ -221,20 +222,16 @@ INPAINT_BLOCKS = InsertableDict(
     ]
 )
 
-def _with_controlnet(base: InsertableDict, denoise_step: type) -> InsertableDict:
-    """``base`` with the ControlNet input step before the denoise loop and ``denoise_step`` as the loop."""
-    blocks = InsertableDict(base)
-    blocks.insert("controlnet_input", StableDiffusionXLControlNetInputStep, list(blocks).index("denoise"))
-    blocks["denoise"] = denoise_step
-    return blocks
 
-
-CONTROLNET_BLOCKS = _with_controlnet(TEXT2IMAGE_BLOCKS, StableDiffusionXLControlNetDenoiseStep)
-CONTROLNET_IMAGE2IMAGE_BLOCKS = _with_controlnet(IMAGE2IMAGE_BLOCKS, StableDiffusionXLControlNetDenoiseStep)
+CONTROLNET_BLOCKS = with_controlnet(TEXT2IMAGE_BLOCKS, StableDiffusionXLControlNetInputStep,
+                                    StableDiffusionXLControlNetDenoiseStep)
+CONTROLNET_IMAGE2IMAGE_BLOCKS = with_controlnet(IMAGE2IMAGE_BLOCKS, StableDiffusionXLControlNetInputStep,
+                                                StableDiffusionXLControlNetDenoiseStep)
 # the plain image-to-image preset calls its VAE step `image_encoder` (the name the docs pop); this one keeps
 # the auto blocks' name
 CONTROLNET_IMAGE2IMAGE_BLOCKS.insert("vae_encoder", CONTROLNET_IMAGE2IMAGE_BLOCKS.pop("image_encoder"), 1)
-CONTROLNET_INPAINT_BLOCKS = _with_controlnet(INPAINT_BLOCKS, StableDiffusionXLInpaintControlNetDenoiseStep)
+CONTROLNET_INPAINT_BLOCKS = with_controlnet(INPAINT_BLOCKS, StableDiffusionXLControlNetInputStep,
+                                            StableDiffusionXLInpaintControlNetDenoiseStep)
 
 AUTO_BLOCKS = InsertableDict(
     [

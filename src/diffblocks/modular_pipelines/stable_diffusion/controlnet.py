@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ...guiders import guider_runner
 from .. import ComponentSpec, InputParam, ModularPipelineBlocks, OutputParam
 from .denoise import (
     StableDiffusionDenoiseLoopWrapper,
@@ -23,6 +22,7 @@ from .denoise import (
     StableDiffusionInpaintLoopBeforeDenoiser,
     StableDiffusionLoopAfterDenoiser,
     StableDiffusionLoopBeforeDenoiser,
+    denoiser_plan,
     ip_adapter_fields,
 )
 from .encoders import DENOISER_FIELDS, MODEL_NAME, execution_device, guider_spec, unet_spec
@@ -388,7 +388,7 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
                 controlnet_cond=cond_image, conditioning_scale=scale, guess_mode=True,
                 added_cond_kwargs=self._controlnet_added(cond_values), return_dict=False,
             )
-        timestep_cond, attention_kwargs = bs.timestep_cond, bs.cross_attention_kwargs
+        guide, extra = bs.__dict__.get("_denoiser_plan") or denoiser_plan(components, bs.__dict__)
 
         def predict(batch: Dict[str, Any], identifier: str) -> torch.Tensor:
             values = {k: batch[k] for k in fields}
@@ -409,15 +409,14 @@ class StableDiffusionControlNetLoopDenoiser(ModularPipelineBlocks):
                 batch["sample"],
                 t,
                 encoder_hidden_states=batch["encoder_hidden_states"],
-                timestep_cond=timestep_cond,
-                cross_attention_kwargs=attention_kwargs,
                 added_cond_kwargs=self._unet_added(values),
                 down_block_additional_residuals=down,
                 mid_block_additional_residual=mid,
                 return_dict=False,
+                **extra,
             )[0]
 
-        bs.noise_pred = guider_runner(components.guider)(predict, data, i, bs.num_inference_steps, t, unet)
+        bs.noise_pred = guide(predict, data, i, bs.num_inference_steps, t, unet)
         return components, bs
 
 

@@ -4,33 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.fixtures.tiny import build_tiny_sd_folder
 
 RANK = 4
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return build_tiny_sd_folder(str(tmp_path_factory.mktemp("lora_sd") / "sd"))
-
-
-@pytest.fixture(scope="module")
-def ref_pipe(sd_folder):
-    diffusers = pytest.importorskip("diffusers")
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder, safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def our_pipe(sd_folder):
-    from diffblocks import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(sd_folder, safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(autouse=True)

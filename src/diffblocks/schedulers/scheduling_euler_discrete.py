@@ -294,28 +294,13 @@ class EulerDiscreteScheduler(SigmaIndexMixin, SchedulerMixin, ConfigMixin):
     def next_sample(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, s_churn: float = 0.0,
                     generator: Optional[torch.Generator] = None, **kwargs: Any) -> torch.Tensor:
         """``step(...).prev_sample``; a plain epsilon step skips computing ``pred_original_sample`` (one add)."""
-        # the conditions of _plain_entry, written out: this runs once per denoising step right after the UNet,
-        # where every extra Python call pays cold caches
-        fast = self._fast_plan
-        i = self._step_index
-        if (
-            fast is not None
-            and i is not None
-            and not s_churn
-            and not kwargs
-            and fast[0] is self._internal_dict
-            and self.is_scale_input_called
-            and type(timestep) is not int
-            and sample.dtype is _F32
-            and model_output.dtype is _F32
-        ):
-            entry = fast[1][i]
-            if entry is not None and (type(timestep) is not torch.Tensor or timestep.is_floating_point()):
-                prev = sample.add(model_output, alpha=entry[1])
-                self._step_index = i + 1
-                return prev
-        return self.step(model_output, timestep, sample, s_churn=s_churn, generator=generator, return_dict=False,
-                         **kwargs)[0]
+        entry = None if s_churn or kwargs else self._plain_entry(model_output, timestep, sample)
+        if entry is None:
+            return self.step(model_output, timestep, sample, s_churn=s_churn, generator=generator, return_dict=False,
+                             **kwargs)[0]
+        prev = sample.add(model_output, alpha=entry[1])
+        self._step_index += 1
+        return prev
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target at ``timesteps`` (values of ``self.timesteps``)."""
